@@ -1,0 +1,1 @@
+"""FleetPulse: settings, the composition root and the command line."""

@@ -1,0 +1,269 @@
+"""Typed settings, read once at start-up from FLEETPULSE_* variables and CLI flags."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fleetpulse.errors import ConfigError
+
+ENV_PREFIX = "FLEETPULSE_"
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|[smhdw]?)\s*$")
+# Milliseconds per unit; largest first, for printing.
+_DURATION_UNITS = {
+    "w": 604_800_000,
+    "d": 86_400_000,
+    "h": 3_600_000,
+    "m": 60_000,
+    "s": 1000,
+    "ms": 1,
+}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '45s', '250ms' or plain seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"expected a duration such as 90d, 12h, 30m, 45s or 250ms, got {text!r}")
+    return timedelta(milliseconds=int(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"])
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling that `parse_duration` reads back."""
+    ms = value // timedelta(milliseconds=1)
+    for unit, size in _DURATION_UNITS.items():
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return "0"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        parts = urlsplit(text)
+        if parts.scheme not in schemes:
+            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {mask_url(text)!r}")
+        if not parts.hostname and not parts.path.strip("/") and parts.scheme.startswith("mqtt"):
+            raise ValueError(f"the URL names no host: {mask_url(text)!r}")
+        return text
+
+    return parse
+
+
+def _topic_level(text: str) -> str:
+    if not text.strip("/") or any(c in text for c in "+#\0"):
+        raise ValueError(f"expected a topic without wildcards, got {text!r}")
+    return text.strip("/")
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(f"expected 1-64 letters, digits, '_', '.', '-', got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return level
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    mqtt_url: str
+    topic_prefix: str
+    owntracks_prefix: str
+    share_group: str
+    client_id: str
+    max_fix_age: timedelta | None
+    batch_size: int
+    flush_interval: timedelta
+    receive_maximum: int
+    session_expiry: timedelta
+    chunk_interval: timedelta
+    retention: timedelta | None
+    compress_after: timedelta | None
+    log_level: str
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as text, passwords masked: what `fleetpulse config` prints."""
+        out = {}
+        for option in OPTIONS:
+            value = getattr(self, option.field)
+            out[option.env] = mask_url(value) if option.secret else _show(value)
+        return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "0 (off)"
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _optional_duration(text: str) -> timedelta | None:
+    value = parse_duration(text)
+    return value if value else None
+
+
+def _positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if not value:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "database_url",
+        "postgresql://postgres@127.0.0.1:5432/fleetpulse",
+        _url("postgresql", "postgres"),
+        "PostgreSQL/TimescaleDB connection URL",
+        secret=True,
+    ),
+    Option(
+        "redis_url", "redis://127.0.0.1:6379/0", _url("redis", "rediss"), "Redis URL", secret=True
+    ),
+    Option(
+        "mqtt_url",
+        "mqtt://127.0.0.1:1883",
+        _url("mqtt", "mqtts"),
+        "broker URL, mqtt://user:password@host:port (mqtts:// for TLS)",
+        secret=True,
+    ),
+    Option("topic_prefix", "fleet", _topic_level, "first topic level of device topics"),
+    Option("owntracks_prefix", "owntracks", _topic_level, "topic prefix of OwnTracks phones"),
+    Option("share_group", "ingest", _name, "shared-subscription group the ingesters join"),
+    Option(
+        "client_id",
+        f"fleetpulse-ingest-{socket.gethostname()}"[:64],
+        _name,
+        "MQTT client id of this ingester; unique per ingester, stable across restarts",
+    ),
+    Option(
+        "max_fix_age",
+        "7d",
+        _optional_duration,
+        "refuse fixes older than this at arrival; 0 accepts any age (backfill)",
+    ),
+    Option("batch_size", "1000", _positive_int, "fixes per database write"),
+    Option(
+        "flush_interval",
+        "100ms",
+        _positive_duration,
+        "longest wait before a partial batch is written",
+    ),
+    Option(
+        "receive_maximum",
+        "4000",
+        _positive_int,
+        "unacknowledged messages the broker may send us (MQTT v5 Receive Maximum)",
+    ),
+    Option(
+        "session_expiry",
+        "1d",
+        _positive_duration,
+        "how long the broker queues for an absent ingester",
+    ),
+    Option("chunk_interval", "1d", _positive_duration, "time span of one telemetry partition"),
+    Option("retention", "90d", _optional_duration, "drop telemetry older than this; 0 keeps all"),
+    Option(
+        "compress_after",
+        "7d",
+        _optional_duration,
+        "compress telemetry older than this (TimescaleDB only); 0 never",
+    ),
+    Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def load_settings(
+    env: Mapping[str, str], overrides: Mapping[str, str | None] | None = None
+) -> Settings:
+    """Settings from CLI overrides (by field name), then the environment, then defaults."""
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        override = overrides.get(option.field)
+        source, text = (
+            (option.flag, override) if override is not None else (option.env, env.get(option.env))
+        )
+        if text is None:
+            source, text = option.env, option.default
+        try:
+            values[option.field] = option.parse(text)
+        except ValueError as exc:
+            raise ConfigError(source, str(exc)) from None
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.receive_maximum > 65535:
+        raise ConfigError("FLEETPULSE_RECEIVE_MAXIMUM", "MQTT allows at most 65535")
+    if settings.receive_maximum < 2 * settings.batch_size:
+        raise ConfigError(
+            "FLEETPULSE_RECEIVE_MAXIMUM",
+            f"must be at least twice FLEETPULSE_BATCH_SIZE ({2 * settings.batch_size}) so "
+            "that messages keep arriving while a batch is written",
+        )
+    if settings.chunk_interval < timedelta(hours=1):
+        raise ConfigError("FLEETPULSE_CHUNK_INTERVAL", "must be at least 1h")
+    if settings.retention is not None and settings.retention < settings.chunk_interval:
+        raise ConfigError("FLEETPULSE_RETENTION", "must be 0 or at least one chunk interval")

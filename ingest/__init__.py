@@ -1,0 +1,1 @@
+"""Ingest stage: validate, de-duplicate, batch and store every fix exactly once."""

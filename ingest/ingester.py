@@ -1,0 +1,196 @@
+"""The ingest stage: receive, decode, batch, commit, and only then acknowledge.
+
+    broker ──▶ Subscription (manual ack) ──▶ Codec + FixRules ──▶ Batch
+          ◀── ack, in arrival order ◀── TelemetryWriter commit ◀──┘
+
+Nothing is acknowledged before it is committed: a crash at any point makes the broker
+redeliver, and the writer makes a redelivery harmless. The broker's in-flight window
+(Receive Maximum) bounds what is held; receiving pauses while two batches wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+import aiomqtt
+import psycopg
+
+from fleetpulse.errors import ServiceUnavailable
+from fleetpulse.settings import Settings
+from ingest.batch import Batch
+from ingest.database import connect
+from ingest.partitions import Partitions
+from ingest.schema import StorageMode, require_current
+from ingest.stats import IngestStats
+from ingest.validation import FixRules
+from ingest.writer import TelemetryWriter
+from mqtt.client import CountingQueue, Subscription
+from mqtt.codec import Codec
+from mqtt.topics import TopicScheme
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+DB_RETRY_MIN_S = 0.5
+DB_RETRY_MAX_S = 30.0
+# Receiving pauses while this many batches' worth of messages wait to be written.
+HELD_BATCHES = 2
+
+
+def effective_max_age(settings: Settings) -> FixRules:
+    """A fix older than the retention window would be deleted as soon as it was stored,
+    so it is refused up front, whatever the maximum fix age says."""
+    limits = [d for d in (settings.max_fix_age, settings.retention) if d is not None]
+    return FixRules(min(limits) if limits else None)
+
+
+class Ingester:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        scheme = TopicScheme(settings.topic_prefix, settings.owntracks_prefix)
+        self._filters = scheme.shared_filters(settings.share_group)
+        self._codec = Codec(scheme, effective_max_age(settings))
+        self._batch = Batch()
+        self._batch_size = settings.batch_size
+        self._hold_limit = HELD_BATCHES * settings.batch_size
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._draining = False
+        self.stats = IngestStats()
+        self.connected = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until `stop` is set, then write and acknowledge what is held."""
+        conn = await connect(self._settings.database_url)
+        try:
+            mode = await require_current(conn)
+        finally:
+            await conn.close()
+        chunk = self._settings.chunk_interval
+        partitions = Partitions(chunk) if mode is StorageMode.PLAIN else None
+        async with TelemetryWriter(self._settings.database_url, partitions) as writer:
+            flusher = asyncio.create_task(self._flush_loop(writer), name="ingest-flush")
+            try:
+                await self._sessions(stop, flusher)
+            finally:
+                if not flusher.done():
+                    self._draining = True
+                    self._full.set()
+                    await flusher
+
+    async def _sessions(self, stop: asyncio.Event, flusher: asyncio.Task[None]) -> None:
+        backoff = RECONNECT_MIN_S
+        while not stop.is_set():
+            subscription = Subscription(
+                self._settings.mqtt_url,
+                self._settings.client_id,
+                self._filters,
+                self._settings.receive_maximum,
+                self._settings.session_expiry,
+            )
+            try:
+                async with subscription:
+                    self.connected.set()
+                    backoff = RECONNECT_MIN_S
+                    log.info("subscribed as %s to %s", self._settings.client_id, self._filters)
+                    if await self._consume_until(subscription, stop, flusher):
+                        return
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self.stats.counts["reconnects"] += 1
+                log.warning("broker connection lost (%s); retrying in %.1f s", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+
+    async def _consume_until(
+        self, subscription: Subscription, stop: asyncio.Event, flusher: asyncio.Task[None]
+    ) -> bool:
+        """Consume until the connection fails (raises), or until stop: then drain while
+        still connected, so the last acknowledgements reach the broker (returns True)."""
+        consumer = asyncio.create_task(self._consume(subscription), name="ingest-consume")
+        stopping = asyncio.create_task(stop.wait(), name="ingest-stop")
+        try:
+            await asyncio.wait({consumer, stopping, flusher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not consumer.done():
+                consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+        if flusher.done():
+            flusher.result()
+            raise RuntimeError("the flush task ended on its own")
+        if not stop.is_set():
+            consumer.result()  # the connection's error, for the reconnect loop
+            return False
+        self._draining = True
+        self._full.set()
+        await flusher
+        return True
+
+    async def _consume(self, subscription: Subscription) -> None:
+        counts = self.stats.counts
+        async for delivery in subscription:
+            counts["messages"] += 1
+            items = self._codec.decode(delivery.topic, delivery.payload, datetime.now(UTC))
+            self._batch.add(delivery, items)
+            if len(self._batch) >= self._batch_size or len(self._batch.fixes) >= self._batch_size:
+                self._full.set()
+            if len(self._batch) >= self._hold_limit:
+                self._room.clear()
+                await self._room.wait()
+
+    async def _flush_loop(self, writer: TelemetryWriter) -> None:
+        interval = self._settings.flush_interval.total_seconds()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), interval)
+            self._full.clear()
+            if len(self._batch):
+                batch, self._batch = self._batch, Batch()
+                self._room.set()
+                await self._commit(writer, batch)
+            elif self._draining:
+                return
+
+    async def _commit(self, writer: TelemetryWriter, batch: Batch) -> None:
+        backoff = DB_RETRY_MIN_S
+        while True:
+            try:
+                result = await writer.write(batch)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as exc:
+                if self._draining:
+                    log.error(
+                        "stopping with %d messages unwritten (%s); they stay unacknowledged"
+                        " and the broker will deliver them again",
+                        len(batch),
+                        exc,
+                    )
+                    return
+                self.stats.counts["db_retries"] += 1
+                log.warning("database write failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, DB_RETRY_MAX_S)
+                with contextlib.suppress(ServiceUnavailable, psycopg.Error):
+                    await writer.reconnect()
+        committed_at = datetime.now(UTC)
+        acked = sum(1 for delivery in batch.deliveries if delivery.ack())
+        counts = self.stats.counts
+        counts["fixes_committed"] += result.inserted
+        counts.update(batch.counts)
+        counts["duplicates"] += result.duplicates
+        counts["status_changes"] += result.status_changes
+        counts["acked"] += acked
+        counts["acks_lost_to_reconnect"] += len(batch.deliveries) - acked
+        counts["queue_dropped"] = CountingQueue.dropped
+        for reason, n in result.quarantined.items():
+            counts["quarantined_" + reason] += n
+        for fix in batch.fixes.values():
+            self.stats.record_latency((committed_at - fix.ts).total_seconds() * 1000.0)

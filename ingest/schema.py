@@ -1,0 +1,305 @@
+"""The one schema module: versioned migrations for both storage modes.
+
+`timescaledb` mode: telemetry is a hypertable with compression and retention policies.
+`plain` mode (PostgreSQL without the extension): telemetry is natively range-partitioned
+on fix time; `ingest.partitions` creates partitions ahead and drops expired ones, so the
+chunk interval and retention settings mean the same thing in both modes.
+The mode is chosen once, when the schema is first created, and recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+from psycopg import sql
+
+from fleetpulse.errors import SchemaError
+from ingest.database import Conn
+
+log = logging.getLogger(__name__)
+
+
+class StorageMode(enum.StrEnum):
+    TIMESCALEDB = "timescaledb"
+    PLAIN = "plain"
+
+
+# Columns of a stored fix, in COPY order. Conflict detection compares all but received_at.
+TELEMETRY_COLUMNS = (
+    "device_id",
+    "ts",
+    "lat",
+    "lon",
+    "alt",
+    "rel_alt",
+    "speed",
+    "heading",
+    "acc",
+    "battery",
+    "kind",
+    "seq",
+    "received_at",
+)
+TELEMETRY_TYPES = (
+    "text",
+    "timestamptz",
+    "float8",
+    "float8",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "text",
+    "int8",
+    "timestamptz",
+)
+CONTENT_COLUMNS = TELEMETRY_COLUMNS[:-1]
+
+_TELEMETRY_DDL = """
+CREATE TABLE telemetry (
+    device_id   text             NOT NULL,
+    ts          timestamptz      NOT NULL,
+    lat         double precision NOT NULL,
+    lon         double precision NOT NULL,
+    alt         real,
+    rel_alt     real,
+    speed       real,
+    heading     real,
+    acc         real,
+    battery     real,
+    kind        text,
+    seq         bigint,
+    received_at timestamptz      NOT NULL,
+    PRIMARY KEY (device_id, ts)
+)"""
+
+_V1_COMMON = """
+CREATE TABLE quarantine (
+    id           bigserial   PRIMARY KEY,
+    received_at  timestamptz NOT NULL,
+    topic        text        NOT NULL,
+    device_id    text,
+    reason       text        NOT NULL,
+    detail       text        NOT NULL,
+    payload      bytea       NOT NULL,
+    payload_size integer     NOT NULL
+);
+CREATE INDEX quarantine_reason_idx ON quarantine (reason, received_at);
+CREATE INDEX quarantine_received_idx ON quarantine (received_at);
+
+CREATE TABLE devices (
+    device_id         text        PRIMARY KEY,
+    kind              text,
+    first_seen        timestamptz NOT NULL,
+    last_seen         timestamptz NOT NULL,
+    last_fix_ts       timestamptz,
+    status            text,
+    status_changed_at timestamptz
+);
+
+CREATE TABLE device_status_changes (
+    id         bigserial   PRIMARY KEY,
+    device_id  text        NOT NULL,
+    status     text        NOT NULL,
+    changed_at timestamptz NOT NULL
+);
+CREATE INDEX device_status_changes_device_idx ON device_status_changes (device_id, changed_at);
+
+CREATE TABLE ingest_counters (
+    name  text   PRIMARY KEY,
+    value bigint NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Conn, StorageMode], Awaitable[None]]
+
+
+async def _v1_initial(conn: Conn, mode: StorageMode) -> None:
+    if mode is StorageMode.TIMESCALEDB:
+        await conn.execute(_TELEMETRY_DDL)
+        await conn.execute(
+            "SELECT create_hypertable('telemetry', 'ts', chunk_time_interval => INTERVAL '1 day')"
+        )
+        await conn.execute(
+            "ALTER TABLE telemetry SET (timescaledb.compress,"
+            " timescaledb.compress_segmentby = 'device_id',"
+            " timescaledb.compress_orderby = 'ts DESC')"
+        )
+    else:
+        await conn.execute(_TELEMETRY_DDL + " PARTITION BY RANGE (ts)")
+    await conn.execute(_V1_COMMON)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial telemetry schema", _v1_initial),)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fleetpulse_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+"""
+# Serialises concurrent `migrate` runs (several processes starting at once).
+_MIGRATION_LOCK = 7_305_011
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    version: int
+    latest: int
+    mode: StorageMode | None
+    timescaledb_available: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.version == self.latest
+
+
+async def timescaledb_available(conn: Conn) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    return await cur.fetchone() is not None
+
+
+async def _stored_mode(conn: Conn) -> StorageMode | None:
+    cur = await conn.execute("SELECT value FROM fleetpulse_meta WHERE key = 'storage_mode'")
+    row = await cur.fetchone()
+    return StorageMode(str(row[0])) if row else None
+
+
+async def status(conn: Conn) -> SchemaStatus:
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    version, mode = 0, None
+    if row and row[0]:
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        version_row = await cur.fetchone()
+        version = int(str(version_row[0])) if version_row else 0
+        mode = await _stored_mode(conn)
+    return SchemaStatus(version, LATEST_VERSION, mode, await timescaledb_available(conn))
+
+
+async def _choose_mode(conn: Conn) -> StorageMode:
+    if not await timescaledb_available(conn):
+        return StorageMode.PLAIN
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        log.warning("TimescaleDB is installed but cannot be loaded (%s); using plain mode", exc)
+        return StorageMode.PLAIN
+    return StorageMode.TIMESCALEDB
+
+
+async def migrate(conn: Conn) -> SchemaStatus:
+    """Apply every migration not yet applied, each in its own transaction."""
+    await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    try:
+        async with conn.transaction():
+            await conn.execute(_BOOKKEEPING)
+        mode = await _stored_mode(conn)
+        if mode is None:
+            mode = await _choose_mode(conn)
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO fleetpulse_meta (key, value) VALUES ('storage_mode', %s)",
+                    (mode.value,),
+                )
+        current = (await status(conn)).version
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            async with conn.transaction():
+                await migration.apply(conn, mode)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            log.info("applied migration %d: %s", migration.version, migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return await status(conn)
+
+
+async def require_current(conn: Conn) -> StorageMode:
+    """The storage mode of an up-to-date schema, or a SchemaError saying what to run."""
+    current = await status(conn)
+    if current.version == 0 or current.mode is None:
+        raise SchemaError("the database has no FleetPulse schema: run `fleetpulse db migrate`")
+    if current.version < current.latest:
+        raise SchemaError(
+            f"schema version {current.version} is older than {current.latest}:"
+            " run `fleetpulse db migrate`"
+        )
+    if current.version > current.latest:
+        raise SchemaError(
+            f"schema version {current.version} is newer than this FleetPulse"
+            f" ({current.latest}): upgrade FleetPulse"
+        )
+    return current.mode
+
+
+def _interval(value: timedelta) -> str:
+    return f"{int(value.total_seconds())} seconds"
+
+
+async def apply_timescaledb_policies(
+    conn: Conn,
+    chunk_interval: timedelta,
+    retention: timedelta | None,
+    compress_after: timedelta | None,
+) -> None:
+    """Make TimescaleDB's policies match the settings (they may change between runs)."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT set_chunk_time_interval('telemetry', %s::interval)",
+            (_interval(chunk_interval),),
+        )
+        await conn.execute("SELECT remove_compression_policy('telemetry', if_exists => true)")
+        if compress_after is not None:
+            await conn.execute(
+                "SELECT add_compression_policy('telemetry', %s::interval)",
+                (_interval(compress_after),),
+            )
+        await conn.execute("SELECT remove_retention_policy('telemetry', if_exists => true)")
+        if retention is not None:
+            await conn.execute(
+                "SELECT add_retention_policy('telemetry', %s::interval)",
+                (_interval(retention),),
+            )
+
+
+async def create_database_if_missing(url: str) -> bool:
+    """Create the database a URL names, through the server's `postgres` database."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = str(info.get("dbname") or "")
+    if not name:
+        return False
+    try:
+        conn = await psycopg.AsyncConnection.connect(url)
+    except psycopg.OperationalError as exc:
+        if f'database "{name}" does not exist' not in str(exc):
+            raise
+    else:
+        await conn.close()
+        return False
+    admin_url = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True

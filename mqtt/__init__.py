@@ -1,0 +1,1 @@
+"""The device contract: topics, payload formats, codecs and the MQTT client wrapper."""

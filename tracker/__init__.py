@@ -1,0 +1,1 @@
+"""Tracker: the pure domain (positions, later geofences, deliveries, ETAs) and its adapters."""

@@ -1,0 +1,1 @@
+"""Web stage: REST API, websockets and pages (arrives with the web issue)."""
