@@ -27,7 +27,7 @@ from ingest.schema import StorageMode, require_current
 from ingest.stats import IngestStats
 from ingest.validation import FixRules
 from ingest.writer import TelemetryWriter
-from mqtt.client import CountingQueue, Subscription
+from mqtt.client import Subscription
 from mqtt.codec import Codec
 from mqtt.topics import TopicScheme
 
@@ -189,7 +189,6 @@ class Ingester:
         counts["status_changes"] += result.status_changes
         counts["acked"] += acked
         counts["acks_lost_to_reconnect"] += len(batch.deliveries) - acked
-        counts["queue_dropped"] = CountingQueue.dropped
         for reason, n in result.quarantined.items():
             counts["quarantined_" + reason] += n
         for fix in batch.fixes.values():

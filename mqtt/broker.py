@@ -5,6 +5,7 @@ For tests, benchmarks and local demos: it never touches the machine's shared bro
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -17,6 +18,7 @@ from typing import Self
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "mosquitto.conf"
 START_TIMEOUT_S = 10.0
+BROKER_USER = "mosquitto"
 
 
 def free_port() -> int:
@@ -32,6 +34,17 @@ def render_config(template: str, port: int, data_dir: Path) -> str:
     return text
 
 
+def _let_broker_user_write(directory: Path) -> None:
+    """Started as root, Mosquitto drops to the `mosquitto` user before it saves its
+    persistence file, so that user must own the data directory."""
+    if os.geteuid() != 0:
+        return
+    try:
+        shutil.chown(directory, user=BROKER_USER)
+    except (LookupError, OSError):
+        return  # no such user: Mosquitto then keeps running as root
+
+
 class Mosquitto:
     """`with Mosquitto() as broker: broker.url` — stopped (and its data removed) on exit.
 
@@ -44,6 +57,7 @@ class Mosquitto:
         self._config_path = self._dir / "mosquitto.conf"
         body = render_config(config.read_text(), self.port, self._dir)
         self._config_path.write_text(body + "\n" + extra)
+        _let_broker_user_write(self._dir)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

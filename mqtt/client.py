@@ -4,19 +4,19 @@ aiomqtt acknowledges QoS 1 messages as soon as they arrive and its bounded queue
 what it has already acknowledged. Here paho-mqtt's manual acknowledgement is switched on
 underneath aiomqtt, so the caller acknowledges after its own commit, and the broker's
 in-flight window (our Receive Maximum) bounds what is unacknowledged, instead of a queue
-that drops.
+that drops; when the incoming queue still fills, reading the socket pauses (TCP pushes
+back and the broker queues).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -26,6 +26,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
+# Reading pauses when this many Receive Maximum windows wait unconsumed in memory.
+QUEUE_HIGH_WATER_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,58 @@ class Endpoint:
         )
 
 
-class CountingQueue(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's incoming queue, counting what it sheds when full.
+class _PausableClient(aiomqtt.Client):
+    """aiomqtt's client, able to stop reading its socket.
 
-    Only QoS 0 messages can reach the bound: QoS 1 deliveries are limited by the
-    Receive Maximum, which is kept below the queue's size.
+    A full incoming queue then pushes back on the broker through TCP, which queues for us,
+    instead of dropping. This matters because the broker's own window is not enough:
+    Mosquitto 2.0.11 (Debian 12) was measured sending past our Receive Maximum once
+    acknowledgements flow (10 → 83 → 331 unacknowledged with a window of 10).
+    aiomqtt keeps its socket reader private, so this overrides the hook that installs it.
     """
 
-    dropped = 0
+    def __init__(self, *args: Any, high_water: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.high_water = high_water
+        # Off until the subscriptions are acknowledged: a paused socket would hide the
+        # SUBACK behind a resumed session's backlog.
+        self.may_pause = False
+        self.paused = False
+        self.pauses = 0
+        self._fd = -1
+        self._reader: Callable[[], None] | None = None
 
-    def put_nowait(self, item: aiomqtt.Message) -> None:
-        try:
-            super().put_nowait(item)
-        except asyncio.QueueFull:
-            CountingQueue.dropped += 1
-            raise
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        def read() -> None:
+            try:
+                client.loop_read()
+                # TLS sockets can hold decoded bytes that select() will not report.
+                while getattr(client.socket(), "pending", lambda: 0)() > 0:
+                    client.loop_read()
+            except Exception as exc:  # a broken connection, reported to the iterator
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def install() -> None:
+            self._fd, self._reader = sock.fileno(), read
+            self.paused = False
+            self._loop.add_reader(self._fd, read)
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho calls this from the executor thread that runs connect().
+        self._loop.call_soon_threadsafe(install)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        super()._on_message(client, userdata, message)
+        if self.may_pause and not self.paused and self._queue.qsize() >= self.high_water:
+            self.paused = True
+            self.pauses += 1
+            self._loop.remove_reader(self._fd)
+
+    def resume_if_drained(self) -> None:
+        if self.paused and self._queue.qsize() <= self.high_water // 2 and self._reader:
+            self.paused = False
+            self._loop.add_reader(self._fd, self._reader)
 
 
 class Delivery:
@@ -105,7 +144,7 @@ class Subscription:
         properties.ReceiveMaximum = receive_maximum
         properties.SessionExpiryInterval = int(session_expiry.total_seconds())
         self._filters = list(filters)
-        self._client = aiomqtt.Client(
+        self._client = _PausableClient(
             hostname=endpoint.host,
             port=endpoint.port,
             username=endpoint.username,
@@ -117,8 +156,7 @@ class Subscription:
             keepalive=KEEPALIVE_S,
             timeout=CONNECT_TIMEOUT_S,
             tls_context=ssl.create_default_context() if endpoint.tls else None,
-            queue_type=CountingQueue,
-            max_queued_incoming_messages=4 * receive_maximum,
+            high_water=QUEUE_HIGH_WATER_WINDOWS * receive_maximum,
         )
         # aiomqtt exposes no manual-ack switch; its paho client is the only way in.
         self._paho = self._client._client
@@ -131,6 +169,7 @@ class Subscription:
         try:
             for topic_filter in self._filters:
                 await self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
+            self._client.may_pause = True
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -148,7 +187,13 @@ class Subscription:
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         async for message in self._client.messages:
+            self._client.resume_if_drained()
             yield Delivery(message, self)
+
+    @property
+    def read_pauses(self) -> int:
+        """How often reading paused because the consumer fell behind."""
+        return self._client.pauses
 
     def ack(self, mid: int, qos: int) -> bool:
         if not self._open:

@@ -1,0 +1,236 @@
+"""The benchmark's sequence: broker and database, baseline, rising rates, verification.
+
+Every process started here is stopped here, also when the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.ingest import database, figures, machine
+from bench.ingest.children import (
+    PUBLISHER_START_DELAY_S,
+    Child,
+    child_env,
+    python_module,
+    run_publishers,
+)
+from bench.ingest.ingester import IngesterProcess, fleetpulse_command
+from bench.ingest.procstat import CpuMeter, MachineMeter, children_named, peak_rss_mib
+from bench.ingest.results import Baseline, Run, Step, Verification
+from mqtt.broker import Mosquitto
+
+# Same shape as the ingester's filter, in a group of its own so that nothing the baseline
+# leaves queued can reach the ingester.
+BARE_FILTER = "$share/bench-bare/fleet/+/telemetry"
+BARE_READY_TIMEOUT_S = 30.0
+# A step's backlog must be committed within this many step lengths (plus the minimum)
+# before the next step starts; otherwise the ramp stops: the ingester is overrun.
+DRAIN_TIMEOUT_STEPS = 3.0
+DRAIN_TIMEOUT_MIN_S = 30.0
+# Ingester settings worth recording with the figures (from `fleetpulse config`).
+RECORDED_SETTINGS = (
+    "FLEETPULSE_BATCH_SIZE",
+    "FLEETPULSE_FLUSH_INTERVAL",
+    "FLEETPULSE_RECEIVE_MAXIMUM",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    rates: tuple[float, ...]
+    step_s: float
+    bare_s: float
+    warmup_s: float
+    publishers: int
+    devices: int
+    server_url: str
+    database: str
+
+
+def _percent(cpu_s: float, wall_s: float) -> float:
+    return 100.0 * cpu_s / max(wall_s, 1e-9)
+
+
+async def _sleep_until(epoch_s: float) -> None:
+    await asyncio.sleep(max(0.0, epoch_s - time.time()))
+
+
+def _ingester_settings(env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(
+        [fleetpulse_command(), "config"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    pairs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {name: pairs[name] for name in RECORDED_SETTINGS if name in pairs}
+
+
+async def _baseline(url: str, config: Config, broker: list[int]) -> Baseline:
+    subscriber = await Child.start(
+        "bare", python_module("bench.ingest.bare", f"--url={url}", f"--filter={BARE_FILTER}")
+    )
+    samples: list[tuple[float, int]] = []
+
+    async def collect() -> None:
+        while (line := await subscriber.read_json_line()) is not None:
+            samples.append((float(line["t"]), int(line["received"])))
+
+    collector: asyncio.Task[None] | None = None
+    try:
+        if await asyncio.wait_for(subscriber.read_json_line(), BARE_READY_TIMEOUT_S) is None:
+            raise RuntimeError("the bare subscriber exited before subscribing")
+        collector = asyncio.create_task(collect(), name="bench-bare-samples")
+        start_at = time.time() + PUBLISHER_START_DELAY_S
+        publishing = asyncio.create_task(
+            run_publishers(url, 0, config.bare_s, config.publishers, config.devices, 0, start_at)
+        )
+        await _sleep_until(start_at)
+        meters = CpuMeter([subscriber.pid]), CpuMeter(broker), MachineMeter()
+        for meter in meters:
+            meter.start()
+        reports = await publishing
+        sub_cpu, broker_cpu, machine_cpu = (meter.percent() for meter in meters)
+    finally:
+        await subscriber.stop()
+        if collector is not None:
+            await collector
+    _, offered, start, end = figures.offered(reports)
+    received = figures.rate_between(samples, start + config.warmup_s, end)
+    if received is None:
+        raise RuntimeError("too few samples from the bare subscriber: lengthen --bare-duration")
+    return Baseline(
+        received_per_s=received,
+        offered_per_s=offered,
+        subscriber_cpu_pct=sub_cpu,
+        broker_cpu_pct=broker_cpu,
+        publishers_cpu_pct=_percent(sum(r["cpu_s"] for r in reports), end - start),
+        machine_cpu_pct=machine_cpu,
+    )
+
+
+async def _step(
+    number: int,
+    rate: float,
+    url: str,
+    config: Config,
+    ingester: IngesterProcess,
+    broker: list[int],
+    bare_per_s: float,
+) -> Step:
+    database_url = database.database_url(config.server_url, config.database)
+    backends = await database.backend_pids(database_url, config.database)
+    committed_before = ingester.committed()
+    start_at = time.time() + PUBLISHER_START_DELAY_S
+    publishing = asyncio.create_task(
+        run_publishers(
+            url, rate, config.step_s, config.publishers, config.devices, number, start_at
+        )
+    )
+    await _sleep_until(start_at)
+    meters = CpuMeter([ingester.pid]), CpuMeter(broker), CpuMeter(backends), MachineMeter()
+    for meter in meters:
+        meter.start()
+    reports = await publishing
+    ingester_cpu, broker_cpu, postgres_cpu, machine_cpu = (m.percent() for m in meters)
+    published, offered, start, end = figures.offered(reports)
+    drain_timeout = DRAIN_TIMEOUT_STEPS * config.step_s + DRAIN_TIMEOUT_MIN_S
+    drained = await ingester.wait_committed(committed_before + published, drain_timeout)
+    committed = figures.committed_rate(ingester.lines, start + config.warmup_s, end)
+    p50, p99 = figures.latency(ingester.lines, start, time.time())
+    return Step(
+        target_per_s=rate,
+        offered_per_s=offered,
+        published=published,
+        committed_per_s=committed,
+        ratio_to_bare=None if committed is None else committed / bare_per_s,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+        drain_s=max(0.0, ingester.lines[-1].at - end) if drained else None,
+        ingester_cpu_pct=ingester_cpu,
+        ingester_peak_rss_mib=peak_rss_mib(ingester.pid),
+        broker_cpu_pct=broker_cpu,
+        postgres_cpu_pct=postgres_cpu,
+        publishers_cpu_pct=_percent(sum(r["cpu_s"] for r in reports), end - start),
+        machine_cpu_pct=machine_cpu,
+    )
+
+
+def _say(text: str) -> None:
+    print(f"[bench] {text}", flush=True)
+
+
+async def run(config: Config) -> Run:
+    database_url = database.database_url(config.server_url, config.database)
+    workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-bench-"))
+    failed = True
+    try:
+        with Mosquitto() as broker:
+            broker_pids = children_named(os.getpid(), "mosquitto")
+            env = child_env(
+                FLEETPULSE_MQTT_URL=broker.url,
+                FLEETPULSE_DATABASE_URL=database_url,
+                FLEETPULSE_CLIENT_ID="bench-ingest",
+                FLEETPULSE_TOPIC_PREFIX="fleet",
+            )
+            await database.recreate(config.server_url, config.database)
+            await database.migrate(fleetpulse_command(), env)
+            settings: dict[str, Any] = {**asdict(config), **_ingester_settings(env)}
+            result = Run(await machine.describe(database_url), settings)
+            _say(f"broker {broker.url}, database {config.database} (migrated), logs {workdir}")
+
+            _say(f"baseline: bare aiomqtt subscriber, publishers unpaced, {config.bare_s:g} s")
+            result.baseline = await _baseline(broker.url, config, broker_pids)
+            _say(f"bare aiomqtt receive: {result.baseline.received_per_s:,.0f} msg/s")
+
+            published, totals = await _ramp(result, broker.url, config, broker_pids, env, workdir)
+            counts = await database.stored_counts(database_url)
+            result.verification = Verification(published, **counts, ingester_totals=totals)
+        failed = False
+        return result
+    finally:
+        if failed:
+            _say(f"failed; logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _ramp(
+    result: Run,
+    url: str,
+    config: Config,
+    broker: list[int],
+    env: dict[str, str],
+    workdir: Path,
+) -> tuple[int, dict[str, int]]:
+    """Run the rate steps against one ingester; (fixes published, its final totals)."""
+    assert result.baseline is not None
+    ingester = IngesterProcess(env, workdir / "ingester.log")
+    published = 0
+    try:
+        await ingester.start()
+        for number, rate in enumerate(config.rates, start=1):
+            _say(f"step {number}: {rate:,.0f} fixes/s for {config.step_s:g} s")
+            step = await _step(
+                number, rate, url, config, ingester, broker, result.baseline.received_per_s
+            )
+            result.steps.append(step)
+            published += step.published
+            _say(
+                f"offered {step.offered_per_s:,.0f}/s, committed"
+                f" {step.committed_per_s or 0:,.0f}/s, drain {step.drain_s} s"
+            )
+            if step.drain_s is None:
+                _say("the ingester did not catch up: the ramp stops here")
+                break
+    finally:
+        code = await ingester.stop()
+        if code != 0:
+            _say(f"the ingester exited with {code}; see {workdir / 'ingester.log'}")
+    return published, ingester.lines[-1].totals if ingester.lines else {}
