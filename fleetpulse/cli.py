@@ -27,11 +27,11 @@ from mqtt.rejects import Reason
 
 def parse_time(text: str) -> datetime:
     """RFC 3339 (no offset means UTC) or epoch milliseconds."""
-    if text.lstrip("-").isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
     try:
+        if text.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         value = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise argparse.ArgumentTypeError(
             f"expected RFC 3339 (2026-11-27T09:00:00Z) or epoch milliseconds, got {text!r}"
         ) from None

@@ -93,14 +93,19 @@ def _log_level(text: str) -> str:
     return level
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL with its password, in the user part or as libpq's `?password=`, as ***."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and not _QUERY_PASSWORD.search(parts.query):
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[1]}")
+    return urlunsplit(parts._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query)))
 
 
 @dataclass(frozen=True)
@@ -146,14 +151,16 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     secret: bool = False
+    # The public name when it differs from the field (a unit suffix, say).
+    name: str = ""
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.field.upper()
+        return ENV_PREFIX + (self.name or self.field).upper()
 
     @property
     def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
+        return "--" + (self.name or self.field).replace("_", "-")
 
 
 def _optional_duration(text: str) -> timedelta | None:
@@ -197,9 +204,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_fix_age",
-        "7d",
+        "604800",
         _optional_duration,
-        "refuse fixes older than this at arrival; 0 accepts any age (backfill)",
+        "refuse fixes older than this at arrival, seconds (or 7d, 12h); 0 accepts any age",
+        name="max_fix_age_s",
     ),
     Option("batch_size", "1000", _positive_int, "fixes per database write"),
     Option(

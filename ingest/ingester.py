@@ -149,9 +149,10 @@ class Ingester:
     async def _flush_loop(self, writer: TelemetryWriter) -> None:
         interval = self._settings.flush_interval.total_seconds()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), interval)
-            self._full.clear()
+            if not self._draining:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), interval)
+                self._full.clear()
             if len(self._batch):
                 batch, self._batch = self._batch, Batch()
                 self._room.set()

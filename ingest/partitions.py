@@ -44,16 +44,14 @@ def covering(ranges: list[Range], ts: datetime) -> Range | None:
     return None
 
 
-def clip(wanted: Range, ranges: list[Range]) -> Range:
-    """`wanted` shrunk so that it overlaps none of the sorted `ranges`; `wanted` must
-    hold a time not covered by any of them (its start, when clipping nothing)."""
+def clip(wanted: Range, ranges: list[Range], ts: datetime) -> Range:
+    """The part of `wanted` around `ts` that overlaps none of the sorted `ranges`;
+    `ts` lies in `wanted` and in none of `ranges`."""
     start, end = wanted
     for low, high in ranges:
-        if high <= start or low >= end:
-            continue
-        if low <= start:
+        if start < high <= ts:
             start = high
-        else:
+        elif ts < low < end:
             end = low
     return start, end
 
@@ -110,8 +108,10 @@ class Partitions:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
             await self.refresh(conn)
-            for ts in self.missing(times):
-                start, end = clip(bucket(ts, self.interval), self._ranges)
+            # One bucket may need several pieces around partitions of an older interval.
+            while pending := self.missing(times):
+                ts = pending[0]
+                start, end = clip(bucket(ts, self.interval), self._ranges, ts)
                 await conn.execute(
                     sql.SQL(
                         "CREATE TABLE {} PARTITION OF telemetry FOR VALUES FROM ({}) TO ({})"

@@ -180,6 +180,9 @@ class Codec:
             return reject(Reason.INVALID_JSON, str(exc))
         if p.tst < 0:
             return reject(Reason.TS_INVALID, f"tst {p.tst} is negative")
+        if p.tst >= MIN_EPOCH_MS:
+            detail = f"tst {p.tst} is too large for epoch seconds (milliseconds sent by mistake?)"
+            return reject(Reason.TS_UNIT, detail)
         fix = Fix(
             device_id=device_id,
             ts=EPOCH + timedelta(seconds=p.tst),
@@ -218,7 +221,11 @@ class Codec:
 
 def _fix_time(ts: datetime | int | float) -> datetime:
     if isinstance(ts, datetime):
-        return ts.astimezone(UTC)
+        try:
+            return ts.astimezone(UTC)
+        except OverflowError:
+            detail = f"ts {ts.isoformat()} is outside years 1-9999 in UTC"
+            raise _Reject(Reason.TS_INVALID, detail) from None
     if ts < MIN_EPOCH_MS:
         raise _Reject(
             Reason.TS_UNIT,

@@ -246,7 +246,7 @@ async def test_two_ingesters_in_one_group_store_every_fix_once(
 
 async def test_backfill_creates_partitions_on_demand(database_url: str, broker: Mosquitto) -> None:
     settings = make_settings(
-        database_url=database_url, mqtt_url=broker.url, max_fix_age="0", retention="0"
+        database_url=database_url, mqtt_url=broker.url, max_fix_age_s="0", retention="0"
     )
     old = datetime(2019, 3, 1, 12, tzinfo=UTC)
     messages = [

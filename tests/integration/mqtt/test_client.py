@@ -51,9 +51,7 @@ async def test_a_consumer_that_falls_behind_pauses_reading_and_loses_nothing(
     sub = Subscription(broker.url, "slow", ["fleet/+/telemetry"], window, timedelta(minutes=5))
     received: list[Delivery] = []
     async with sub:
-        await publish(
-            broker.url, [(f"fleet/d{i}/telemetry", str(i)) for i in range(total)], qos=0
-        )
+        await publish(broker.url, [(f"fleet/d{i}/telemetry", str(i)) for i in range(total)], qos=0)
         await asyncio.sleep(0.5)
         assert sub.read_pauses == 1
         async for delivery in sub:

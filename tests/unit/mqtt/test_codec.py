@@ -278,7 +278,15 @@ def test_json_that_is_not_an_object_is_invalid_field(codec: Codec, payload: byte
 
 @pytest.mark.parametrize(
     "payload",
-    [b"nope", b'{"ts": ', b"{ts: 1}", b"[1, 2", b'{"lat": 1,}', b"\xff\xfe{}", b"{\"ts\": 1795770000000, \"lat\": 1, \"lon\": 2} {}"],
+    [
+        b"nope",
+        b'{"ts": ',
+        b"{ts: 1}",
+        b"[1, 2",
+        b'{"lat": 1,}',
+        b"\xff\xfe{}",
+        b'{"ts": 1795770000000, "lat": 1, "lon": 2} {}',
+    ],
 )
 def test_invalid_json(codec: Codec, payload: bytes) -> None:
     item = rejected(codec, TOPIC, payload, Reason.INVALID_JSON)
