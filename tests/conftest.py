@@ -22,6 +22,7 @@ from psycopg import sql
 from fleetpulse.app import prepare_database
 from fleetpulse.settings import Settings, load_settings
 from ingest.ingester import Ingester
+from ingest.schema import StorageMode
 from mqtt.broker import Mosquitto
 
 PG_URL = os.environ.get("FLEETPULSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -61,6 +62,29 @@ def database_url(template_database: str) -> Iterator[str]:
     )
     yield _db_url(name)
     _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def storage_mode(template_database: str) -> StorageMode:
+    """The mode `db migrate` chose on this server: timescaledb where the extension exists."""
+    with psycopg.connect(_db_url(template_database)) as conn:
+        row = conn.execute(
+            "SELECT value FROM fleetpulse_meta WHERE key = 'storage_mode'"
+        ).fetchone()
+    assert row is not None
+    return StorageMode(row[0])
+
+
+@pytest.fixture
+def plain_mode(storage_mode: StorageMode) -> None:
+    if storage_mode is not StorageMode.PLAIN:
+        pytest.skip("checks native partitions, which exist only without TimescaleDB")
+
+
+@pytest.fixture
+def timescaledb_mode(storage_mode: StorageMode) -> None:
+    if storage_mode is not StorageMode.TIMESCALEDB:
+        pytest.skip("needs the TimescaleDB extension, which this PostgreSQL server lacks")
 
 
 @pytest.fixture

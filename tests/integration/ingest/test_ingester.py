@@ -244,7 +244,9 @@ async def test_two_ingesters_in_one_group_store_every_fix_once(
     assert min(shares) > 0, f"one ingester got nothing: {shares}"
 
 
-async def test_backfill_creates_partitions_on_demand(database_url: str, broker: Mosquitto) -> None:
+async def test_backfill_creates_partitions_on_demand(
+    database_url: str, broker: Mosquitto, plain_mode: None
+) -> None:
     settings = make_settings(
         database_url=database_url, mqtt_url=broker.url, max_fix_age_s="0", retention="0"
     )

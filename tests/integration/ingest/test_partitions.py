@@ -21,7 +21,7 @@ def at(hours: float) -> datetime:
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[Conn]:
+async def conn(database_url: str, plain_mode: None) -> AsyncIterator[Conn]:
     connection = await connect(database_url)
     yield connection
     await connection.close()
