@@ -53,8 +53,6 @@ async def test_policies_follow_the_settings(database_url: str, timescaledb_mode:
 async def test_fixes_and_duplicates_on_a_hypertable(
     settings: Settings, timescaledb_mode: None
 ) -> None:
-    import time
-
     t0 = int(time.time() * 1000)
     messages = [
         (f"fleet/d{i % 3}/telemetry", {"ts": t0 - i, "lat": 1.0, "lon": 2.0}) for i in range(50)
