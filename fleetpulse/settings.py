@@ -74,6 +74,28 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"must be a finite number 0 or more, got {text!r}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    value = _non_negative_float(text)
+    return value if value else None
+
+
+def _h3_resolution(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 15:
+        raise ValueError(f"H3 resolutions are 0 to 15, got {value}")
+    return value
+
+
 def _topic_level(text: str) -> str:
     if not text.strip("/") or any(c in text for c in "+#\0"):
         raise ValueError(f"expected a topic without wildcards, got {text!r}")
@@ -125,6 +147,19 @@ class Settings:
     chunk_interval: timedelta
     retention: timedelta | None
     compress_after: timedelta | None
+    partitions: int
+    stream_maxlen: int
+    tracker_index: int
+    tracker_count: int
+    offline_after: timedelta
+    gap_after: timedelta
+    stopped_speed_mps: float
+    reorder_window: timedelta
+    geofence_margin_m: float
+    geofence_confirm_fixes: int
+    max_speed_mps: float | None
+    h3_fine_res: int
+    h3_coarse_res: int
     log_level: str
 
     def masked(self) -> dict[str, str]:
@@ -236,6 +271,59 @@ OPTIONS: tuple[Option, ...] = (
         _optional_duration,
         "compress telemetry older than this (TimescaleDB only); 0 never",
     ),
+    Option(
+        "partitions",
+        "16",
+        _positive_int,
+        "device partitions of the ingest-to-tracker hand-off; the same for every process",
+    ),
+    Option(
+        "stream_maxlen",
+        "100000",
+        _positive_int,
+        "entries kept per hand-off stream; a tracker further behind re-reads PostgreSQL",
+    ),
+    Option("tracker_index", "0", _non_negative_int, "this tracker's number, 0 .. count-1"),
+    Option(
+        "tracker_count",
+        "1",
+        _positive_int,
+        "trackers sharing the partitions; tracker i owns partitions p with p % count == i",
+    ),
+    Option("offline_after", "5m", _positive_duration, "no fix for this long: offline event"),
+    Option(
+        "gap_after",
+        "2m",
+        _positive_duration,
+        "a moving device silent this long raises a telemetry-gap event",
+    ),
+    Option("stopped_speed_mps", "0.5", _non_negative_float, "below this speed a device is stopped"),
+    Option(
+        "reorder_window",
+        "5s",
+        _optional_duration,
+        "fixes wait this long per device to be evaluated in fix-time order; 0 none",
+    ),
+    Option(
+        "geofence_margin_m",
+        "0",
+        _non_negative_float,
+        "hysteresis: metres past a fence's boundary to count as entered or left; 0 off",
+    ),
+    Option(
+        "geofence_confirm_fixes",
+        "1",
+        _positive_int,
+        "hysteresis: consecutive fixes needed to enter or leave a fence; 1 off",
+    ),
+    Option(
+        "max_speed_mps",
+        "100",
+        _optional_float,
+        "outlier filter: a fix implying a faster speed is not evaluated; 0 off",
+    ),
+    Option("h3_fine_res", "9", _h3_resolution, "fine H3 resolution of live state"),
+    Option("h3_coarse_res", "6", _h3_resolution, "coarse H3 resolution (shown to customers)"),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
 )
 
@@ -273,5 +361,17 @@ def _check_consistency(settings: Settings) -> None:
         )
     if settings.chunk_interval < timedelta(hours=1):
         raise ConfigError("FLEETPULSE_CHUNK_INTERVAL", "must be at least 1h")
+    if settings.tracker_index >= settings.tracker_count:
+        raise ConfigError(
+            "FLEETPULSE_TRACKER_INDEX",
+            f"must be below FLEETPULSE_TRACKER_COUNT ({settings.tracker_count})",
+        )
+    if settings.tracker_count > settings.partitions:
+        raise ConfigError(
+            "FLEETPULSE_TRACKER_COUNT",
+            f"more trackers than FLEETPULSE_PARTITIONS ({settings.partitions}) would idle",
+        )
+    if settings.h3_coarse_res >= settings.h3_fine_res:
+        raise ConfigError("FLEETPULSE_H3_COARSE_RES", "must be coarser (lower) than the fine one")
     if settings.retention is not None and settings.retention < settings.chunk_interval:
         raise ConfigError("FLEETPULSE_RETENTION", "must be 0 or at least one chunk interval")

@@ -1,10 +1,11 @@
 """The ingest stage: receive, decode, batch, commit, and only then acknowledge.
 
     broker ──▶ Subscription (manual ack) ──▶ Codec + FixRules ──▶ Batch
-          ◀── ack, in arrival order ◀── TelemetryWriter commit ◀──┘
+          ◀── ack, in arrival order ◀── hand-off (Redis Streams) ◀── commit ◀──┘
 
-Nothing is acknowledged before it is committed: a crash at any point makes the broker
-redeliver, and the writer makes a redelivery harmless. The broker's in-flight window
+Nothing is acknowledged before it is committed and handed on to the trackers: a crash
+at any point makes the broker redeliver, the writer makes a redelivery harmless, and
+the trackers are idempotent. The broker's in-flight window
 (Receive Maximum) bounds what is held; receiving pauses while two batches wait.
 """
 
@@ -13,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import aiomqtt
 import psycopg
+import redis
 
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from ingest.batch import Batch
 from ingest.database import connect
+from ingest.handoff import StreamHandoff
 from ingest.partitions import Partitions
 from ingest.schema import StorageMode, require_current
 from ingest.stats import IngestStats
@@ -30,13 +35,15 @@ from ingest.writer import TelemetryWriter
 from mqtt.client import Subscription
 from mqtt.codec import Codec
 from mqtt.topics import TopicScheme
+from tracker.handoff import StatusChange
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
-DB_RETRY_MIN_S = 0.5
-DB_RETRY_MAX_S = 30.0
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
 # Receiving pauses while this many batches' worth of messages wait to be written.
 HELD_BATCHES = 2
 
@@ -73,8 +80,11 @@ class Ingester:
             await conn.close()
         chunk = self._settings.chunk_interval
         partitions = Partitions(chunk) if mode is StorageMode.PLAIN else None
-        async with TelemetryWriter(self._settings.database_url, partitions) as writer:
-            flusher = asyncio.create_task(self._flush_loop(writer), name="ingest-flush")
+        handoff = StreamHandoff(
+            self._settings.redis_url, self._settings.partitions, self._settings.stream_maxlen
+        )
+        async with TelemetryWriter(self._settings.database_url, partitions) as writer, handoff:
+            flusher = asyncio.create_task(self._flush_loop(writer, handoff), name="ingest-flush")
             try:
                 await self._sessions(stop, flusher)
             finally:
@@ -146,7 +156,7 @@ class Ingester:
                 self._room.clear()
                 await self._room.wait()
 
-    async def _flush_loop(self, writer: TelemetryWriter) -> None:
+    async def _flush_loop(self, writer: TelemetryWriter, handoff: StreamHandoff) -> None:
         interval = self._settings.flush_interval.total_seconds()
         while True:
             if not self._draining:
@@ -156,41 +166,76 @@ class Ingester:
             if len(self._batch):
                 batch, self._batch = self._batch, Batch()
                 self._room.set()
-                await self._commit(writer, batch)
+                await self._commit(writer, handoff, batch)
             elif self._draining:
                 return
 
-    async def _commit(self, writer: TelemetryWriter, batch: Batch) -> None:
-        backoff = DB_RETRY_MIN_S
-        while True:
-            try:
-                result = await writer.write(batch)
-                break
-            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as exc:
-                if self._draining:
-                    log.error(
-                        "stopping with %d messages unwritten (%s); they stay unacknowledged"
-                        " and the broker will deliver them again",
-                        len(batch),
-                        exc,
-                    )
-                    return
-                self.stats.counts["db_retries"] += 1
-                log.warning("database write failed (%s); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, DB_RETRY_MAX_S)
-                with contextlib.suppress(ServiceUnavailable, psycopg.Error):
-                    await writer.reconnect()
+    async def _commit(self, writer: TelemetryWriter, handoff: StreamHandoff, batch: Batch) -> None:
+        """Write, hand on, and only then acknowledge. Each step retries until it succeeds,
+        except while stopping: then what is unacknowledged comes back from the broker."""
+        result = await self._retrying(
+            "database write",
+            lambda: writer.write(batch),
+            (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable),
+            writer.reconnect,
+            len(batch),
+        )
+        if result is None:
+            return
+        fixes = [f for key, f in batch.fixes.items() if key not in result.refused]
+        statuses = [StatusChange(s.device_id, s.status, s.received_at) for s in batch.statuses]
+        if (
+            await self._retrying(
+                "hand-off to the trackers",
+                lambda: handoff.send(fixes, statuses),
+                (redis.RedisError, OSError),
+                None,
+                len(batch),
+            )
+            is None
+        ):
+            return
         committed_at = datetime.now(UTC)
         acked = sum(1 for delivery in batch.deliveries if delivery.ack())
         counts = self.stats.counts
-        counts["fixes_committed"] += result.inserted
         counts.update(batch.counts)
+        counts["fixes_committed"] += result.inserted
+        counts["fixes_handed_on"] += len(fixes)
         counts["duplicates"] += result.duplicates
         counts["status_changes"] += result.status_changes
         counts["acked"] += acked
         counts["acks_lost_to_reconnect"] += len(batch.deliveries) - acked
         for reason, n in result.quarantined.items():
             counts["quarantined_" + reason] += n
-        for fix in batch.fixes.values():
+        for fix in fixes:
             self.stats.record_latency((committed_at - fix.ts).total_seconds() * 1000.0)
+
+    async def _retrying(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        errors: tuple[type[BaseException], ...],
+        recover: Callable[[], Awaitable[None]] | None,
+        held: int,
+    ) -> T | None:
+        backoff = RETRY_MIN_S
+        while True:
+            try:
+                return await operation()
+            except errors as exc:
+                if self._draining:
+                    log.error(
+                        "stopping with %d messages not through %s (%s); they stay"
+                        " unacknowledged and the broker will deliver them again",
+                        held,
+                        what,
+                        exc,
+                    )
+                    return None
+                self.stats.counts["retries"] += 1
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                if recover is not None:
+                    with contextlib.suppress(*errors, psycopg.Error):
+                        await recover()

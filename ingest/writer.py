@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Self
 
 import psycopg
@@ -86,12 +87,15 @@ class WriteResult:
     duplicates: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     status_changes: int = 0
+    # Fixes of the batch that were refused (conflicts, storage errors): not handed on.
+    refused: set[tuple[str, datetime]] = field(default_factory=set)
 
     def add(self, other: WriteResult) -> None:
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.quarantined.update(other.quarantined)
         self.status_changes += other.status_changes
+        self.refused |= other.refused
 
 
 class TelemetryWriter:
@@ -148,6 +152,7 @@ class TelemetryWriter:
                 total.add(await self._write([fix], batch, (), (), Counter()))
             except psycopg.DataError as exc:
                 refused.append(_storage_error(fix, batch.sources[fix.key], exc))
+                total.refused.add(fix.key)
         rejects = [*batch.rejects, *refused]
         total.add(await self._write([], batch, rejects, batch.statuses, batch.counts))
         return total
@@ -166,10 +171,9 @@ class TelemetryWriter:
         touched: dict[str, tuple[float, str | None]] = {}
         async with self._db.transaction():
             if fixes:
-                result.inserted, result.duplicates, conflicts = await self._insert_fixes(
-                    fixes, batch
-                )
-                rejects.extend(conflicts)
+                result.inserted, result.duplicates, conflicts = await self._insert_fixes(fixes)
+                rejects.extend(conflict(batch.fixes[k], batch.sources[k]) for k in conflicts)
+                result.refused.update(conflicts)
                 counts["duplicates"] += result.duplicates
                 touched = await self._touch_devices(fixes)
             if rejects:
@@ -184,10 +188,8 @@ class TelemetryWriter:
         result.quarantined.update(r.reason.value for r in rejects)
         return result
 
-    async def _insert_fixes(
-        self, fixes: list[Fix], batch: Batch
-    ) -> tuple[int, int, list[Rejected]]:
-        """(inserted, duplicates, conflicts) for fixes new to this batch."""
+    async def _insert_fixes(self, fixes: list[Fix]) -> tuple[int, int, list[tuple[str, datetime]]]:
+        """(inserted, duplicates, keys of conflicts) for fixes new to this batch."""
         async with self._db.cursor() as cur:
             async with cur.copy(f"COPY fp_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(list(TELEMETRY_TYPES))
@@ -215,11 +217,7 @@ class TelemetryWriter:
                 return inserted, 0, []
             await cur.execute(_CLASSIFY)
             existing = await cur.fetchall()
-        conflicts = [
-            conflict(batch.fixes[key], batch.sources[key])
-            for device_id, ts, same in existing
-            if not same and (key := (str(device_id), ts)) in batch.fixes
-        ]
+        conflicts = [(str(device_id), ts) for device_id, ts, same in existing if not same]
         # What was neither inserted nor a conflict repeats a stored fix; that includes rows
         # another ingester committed between our COPY and INSERT.
         return inserted, len(fixes) - inserted - len(conflicts), conflicts

@@ -1,5 +1,6 @@
-"""Fixtures that start real services: a private Mosquitto from the project's config on a
-free port, and a fresh PostgreSQL database per test cloned from a migrated template.
+"""Fixtures that start real services: a private Mosquitto and a private Redis from the
+project's configs on free ports, and a fresh PostgreSQL database per test cloned from a
+migrated template.
 
 The machine's PostgreSQL must be up (FLEETPULSE_TEST_PG_URL names it); a missing server
 is a failure, not a skip: these tests are the product's evidence.
@@ -17,13 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from fleetpulse.app import prepare_database
+from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings, load_settings
 from ingest.ingester import Ingester
 from ingest.schema import StorageMode
-from mqtt.broker import Mosquitto
 
 PG_URL = os.environ.get("FLEETPULSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE_DB = f"fleetpulse_test_tpl_{os.getpid()}"
@@ -103,9 +105,23 @@ def make_settings(**values: Any) -> Settings:
     return load_settings(env)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    with Redis() as server:
+        yield server
+
+
 @pytest.fixture
-def settings(database_url: str, broker: Mosquitto) -> Settings:
-    return make_settings(database_url=database_url, mqtt_url=broker.url)
+def redis_url(redis_server: Redis) -> str:
+    """The private Redis, emptied for this test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(database_url: str, broker: Mosquitto, redis_url: str) -> Settings:
+    return make_settings(database_url=database_url, mqtt_url=broker.url, redis_url=redis_url)
 
 
 @asynccontextmanager

@@ -10,16 +10,17 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from mqtt.broker import Mosquitto
+from fleetpulse.local_servers import Mosquitto
 from tests.e2e.processes import IngestProcess, fleetpulse
 from tests.publisher import publish_sync
 
 
 @pytest.fixture
-def env(database_url: str, broker: Mosquitto) -> dict[str, str]:
+def env(database_url: str, broker: Mosquitto, redis_url: str) -> dict[str, str]:
     return {
         "FLEETPULSE_DATABASE_URL": database_url,
         "FLEETPULSE_MQTT_URL": broker.url,
+        "FLEETPULSE_REDIS_URL": redis_url,
         "FLEETPULSE_CLIENT_ID": "e2e-ingest",
     }
 

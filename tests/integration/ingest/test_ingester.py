@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import redis
 
+from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings
 from ingest import store
-from mqtt.broker import Mosquitto
 from tests.conftest import eventually, make_settings, running_ingester
 from tests.publisher import connect, publish
+from tracker.handoff import decode, partition_of, stream_key
+from tracker.positions import Fix
 
 PORTO = (41.1496, -8.6109)
 
@@ -229,10 +232,10 @@ async def test_status_and_last_will_are_recorded_as_changes(settings: Settings) 
 
 
 async def test_two_ingesters_in_one_group_store_every_fix_once(
-    database_url: str, broker: Mosquitto
+    database_url: str, broker: Mosquitto, redis_url: str
 ) -> None:
-    first = make_settings(database_url=database_url, mqtt_url=broker.url)
-    second = make_settings(database_url=database_url, mqtt_url=broker.url)
+    first = make_settings(database_url=database_url, mqtt_url=broker.url, redis_url=redis_url)
+    second = make_settings(database_url=database_url, mqtt_url=broker.url, redis_url=redis_url)
     t0 = now_ms()
     messages = [(f"fleet/d{i % 50}/telemetry", fix(t0 - i, i)) for i in range(2000)]
     async with running_ingester(first) as a, running_ingester(second) as b:
@@ -244,19 +247,22 @@ async def test_two_ingesters_in_one_group_store_every_fix_once(
     assert min(shares) > 0, f"one ingester got nothing: {shares}"
 
 
-async def test_backfill_creates_partitions_on_demand(
-    database_url: str, broker: Mosquitto, plain_mode: None
-) -> None:
+async def test_backfill_creates_partitions_on_demand(settings: Settings, plain_mode: None) -> None:
     settings = make_settings(
-        database_url=database_url, mqtt_url=broker.url, max_fix_age_s="0", retention="0"
+        database_url=settings.database_url,
+        mqtt_url=settings.mqtt_url,
+        redis_url=settings.redis_url,
+        max_fix_age_s="0",
+        retention="0",
     )
+    database_url, broker_url = settings.database_url, settings.mqtt_url
     old = datetime(2019, 3, 1, 12, tzinfo=UTC)
     messages = [
         ("fleet/van/telemetry", fix(int((old + timedelta(days=d)).timestamp() * 1000), d))
         for d in range(3)
     ]
     async with running_ingester(settings) as ingester:
-        await publish(broker.url, messages)
+        await publish(broker_url, messages)
         await eventually(lambda: ingester.stats.counts["acked"] >= 3)
     assert await rows(database_url) == 3
     partitions = await scalar(
@@ -265,3 +271,52 @@ async def test_backfill_creates_partitions_on_demand(
         " AND inhrelid::regclass::text LIKE 'telemetry_p2019%%'",
     )
     assert partitions == 3
+
+
+def handed_on(redis_url: str, partitions: int) -> list[Fix]:
+    client = redis.Redis.from_url(redis_url)
+    fixes: list[Fix] = []
+    for partition in range(partitions):
+        for _, fields in client.xrange(stream_key(partition)):
+            handoff = decode(fields[b"h"])
+            assert all(partition_of(f.device_id, partitions) == partition for f in handoff.fixes)
+            fixes.extend(handoff.fixes)
+    client.close()
+    return fixes
+
+
+async def test_committed_fixes_are_handed_on_by_partition_duplicates_included(
+    settings: Settings,
+) -> None:
+    t0 = now_ms()
+    messages = [(f"fleet/v{i % 20}/telemetry", fix(t0 - i * 10, i)) for i in range(200)]
+    async with running_ingester(settings) as ingester:
+        await publish(settings.mqtt_url, messages)
+        await eventually(lambda: ingester.stats.counts["acked"] >= 200)
+        await publish(settings.mqtt_url, messages[:50])
+        await publish(settings.mqtt_url, [("fleet/v0/telemetry", fix(t0, speed=99.0))])
+        await eventually(lambda: ingester.stats.counts["acked"] >= 251)
+    forwarded = handed_on(settings.redis_url, settings.partitions)
+    assert len(forwarded) == 250, "every committed fix, redeliveries too; not the conflict"
+    assert len({f.key for f in forwarded}) == 200
+    assert all(f.speed != 99.0 for f in forwarded)
+
+
+async def test_no_acknowledgement_while_the_hand_off_is_down(
+    database_url: str, broker: Mosquitto
+) -> None:
+    with Redis() as own_redis:
+        settings = make_settings(
+            database_url=database_url, mqtt_url=broker.url, redis_url=own_redis.url
+        )
+        async with running_ingester(settings) as ingester:
+            own_redis.stop()
+            await publish(
+                broker.url, [(f"fleet/v{i}/telemetry", fix(now_ms(), i)) for i in range(10)]
+            )
+            await eventually(lambda: ingester.stats.counts["retries"] >= 2)
+            assert await rows(database_url) == 10, "committed to the record"
+            assert ingester.stats.counts["acked"] == 0, "but not acknowledged"
+            own_redis.start()
+            await eventually(lambda: ingester.stats.counts["acked"] >= 10)
+        assert len(handed_on(own_redis.url, settings.partitions)) == 10

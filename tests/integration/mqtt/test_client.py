@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from mqtt.broker import Mosquitto
+from fleetpulse.local_servers import Mosquitto
 from mqtt.client import Delivery, Subscription
 from tests.conftest import eventually
 from tests.publisher import publish
