@@ -10,6 +10,8 @@ back and the broker queues).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,12 +22,14 @@ from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
+MAX_PACKETS_PER_READ = 256
 # Reading pauses when this many Receive Maximum windows wait unconsumed in memory.
 QUEUE_HIGH_WATER_WINDOWS = 2
 
@@ -71,17 +75,32 @@ class _PausableClient(aiomqtt.Client):
         self.pauses = 0
         self._fd = -1
         self._reader: Callable[[], None] | None = None
+        # paho's messages as they come; aiomqtt's own queue and per-message wrapper cost
+        # more than the rest of the pipeline (a task and a wait for every message).
+        self.incoming: collections.deque[paho.MQTTMessage] = collections.deque()
+        self.arrived = asyncio.Event()
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         def read() -> None:
+            # paho's loop_read() takes one packet per call; each readable event takes all
+            # that is there (up to a bound, for fairness), which saves an event-loop turn
+            # per message.
             try:
-                client.loop_read()
-                # TLS sockets can hold decoded bytes that select() will not report.
-                while getattr(client.socket(), "pending", lambda: 0)() > 0:
-                    client.loop_read()
+                for _ in range(MAX_PACKETS_PER_READ):
+                    rc = client._packet_read()
+                    if rc == paho.MQTT_ERR_AGAIN:
+                        if getattr(client.socket(), "pending", lambda: 0)() > 0:
+                            continue  # TLS holds decoded bytes that select() won't report
+                        break
+                    if rc != paho.MQTT_ERR_SUCCESS:
+                        client._loop_rc_handle(rc)
+                        break
+                    if self.paused or client.socket() is None:
+                        break
             except Exception as exc:  # a broken connection, reported to the iterator
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
+            self.arrived.set()
 
         def install() -> None:
             self._fd, self._reader = sock.fileno(), read
@@ -92,17 +111,30 @@ class _PausableClient(aiomqtt.Client):
         # paho calls this from the executor thread that runs connect().
         self._loop.call_soon_threadsafe(install)
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        super()._on_message(client, userdata, message)
-        if self.may_pause and not self.paused and self._queue.qsize() >= self.high_water:
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.incoming.append(message)
+        if self.may_pause and not self.paused and len(self.incoming) >= self.high_water:
             self.paused = True
             self.pauses += 1
             self._loop.remove_reader(self._fd)
 
     def resume_if_drained(self) -> None:
-        if self.paused and self._queue.qsize() <= self.high_water // 2 and self._reader:
+        if self.paused and len(self.incoming) <= self.high_water // 2 and self._reader:
             self.paused = False
             self._loop.add_reader(self._fd, self._reader)
+
+    async def next_batch(self) -> collections.deque[paho.MQTTMessage]:
+        """Wait until messages are there (or the connection is gone: MqttError)."""
+        while not self.incoming:
+            if self._disconnected.done():
+                raise aiomqtt.MqttError("Disconnected during message iteration")
+            self.arrived.clear()
+            waiter: asyncio.Future[Any] = asyncio.ensure_future(self.arrived.wait())
+            try:
+                await asyncio.wait({waiter, self._disconnected}, return_when="FIRST_COMPLETED")
+            finally:
+                waiter.cancel()
+        return self.incoming
 
 
 class Delivery:
@@ -110,9 +142,9 @@ class Delivery:
 
     __slots__ = ("_connection", "mid", "payload", "qos", "topic")
 
-    def __init__(self, message: aiomqtt.Message, connection: Subscription) -> None:
-        self.topic = message.topic.value
-        self.payload = message.payload if isinstance(message.payload, bytes) else b""
+    def __init__(self, message: paho.MQTTMessage, connection: Subscription) -> None:
+        self.topic = message.topic
+        self.payload = bytes(message.payload)  # paho gives bytes; the type admits bytearray
         self.mid = message.mid
         self.qos = message.qos
         self._connection = connection
@@ -186,9 +218,13 @@ class Subscription:
             await self._client.__aexit__(exc_type, exc, tb)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
-        async for message in self._client.messages:
-            self._client.resume_if_drained()
-            yield Delivery(message, self)
+        client = self._client
+        while True:
+            incoming = await client.next_batch()
+            while incoming:
+                message = incoming.popleft()
+                client.resume_if_drained()
+                yield Delivery(message, self)
 
     @property
     def read_pauses(self) -> int:

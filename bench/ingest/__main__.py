@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds of the baseline (default {DEFAULT_BARE_S:g}; --quick {QUICK_BARE_S:g})",
     )
     parser.add_argument(
+        "--bare-rate",
+        type=float,
+        help="fixes/s offered during the baseline (default: the highest step rate; 0:"
+        " publishers unpaced, which takes CPU from the subscriber on a small machine)",
+    )
+    parser.add_argument(
         "--warmup",
         type=float,
         help="seconds left out at each step's start"
@@ -97,6 +103,7 @@ def _config(args: argparse.Namespace) -> Config:
         rates=args.rates,
         step_s=args.duration or (QUICK_STEP_S if quick else DEFAULT_STEP_S),
         bare_s=args.bare_duration or (QUICK_BARE_S if quick else DEFAULT_BARE_S),
+        bare_rate=max(args.rates) if args.bare_rate is None else args.bare_rate,
         warmup_s=args.warmup
         if args.warmup is not None
         else (QUICK_WARMUP_S if quick else DEFAULT_WARMUP_S),

@@ -103,9 +103,15 @@ async def run_publishers(
             )
             children.append(await Child.start(f"publisher-{index}", argv))
         timeout = max(0.0, start_at - time.time()) + duration_s + PUBLISHER_EXTRA_TIMEOUT_S
-        reports = await asyncio.wait_for(
-            asyncio.gather(*(c.read_json_line() for c in children)), timeout
-        )
+        reads = [asyncio.create_task(c.read_json_line()) for c in children]
+        try:
+            _, late = await asyncio.wait(reads, timeout=timeout)
+        finally:
+            for read in reads:
+                read.cancel()
+        if late:
+            raise RuntimeError(f"publishers still running after {timeout:.0f} s")
+        reports = [read.result() for read in reads]
         for child in children:
             if await child.process.wait() != 0:
                 raise RuntimeError(f"{child.name} exited with {child.process.returncode}")

@@ -9,12 +9,12 @@ from bench.ingest.ingester import StatLine
 
 
 def offered(reports: Sequence[dict[str, Any]]) -> tuple[int, float, float, float]:
-    """(fixes acknowledged by the broker, offered fixes/s, window start, window end).
+    """(fixes the broker accepted, offered fixes/s, window start, window end).
 
     The window runs from the first publisher's first publish to the last one's last; the
-    rate counts what the broker acknowledged in it.
+    rate counts what the broker acknowledged in it with a success reason code.
     """
-    acked = sum(int(r["acked"]) for r in reports)
+    acked = sum(int(r["acked"]) - int(r["refused"]) for r in reports)
     start = min(float(r["first_publish_s"]) for r in reports)
     end = max(float(r["last_publish_s"]) for r in reports)
     return acked, acked / max(end - start, 1e-9), start, end

@@ -43,6 +43,7 @@ class Publisher:
         self._in_flight: set[int] = set()
         self._next_id = 0
         self._room = asyncio.Event()
+        self._closed = False
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -56,18 +57,28 @@ class Publisher:
 
     async def read_acks(self) -> None:
         buffer = bytearray()
-        while chunk := await self._reader.read(READ_CHUNK_BYTES):
-            buffer += chunk
-            for first_byte, body in mqtt5.split_packets(buffer):
-                if first_byte & 0xF0 != mqtt5.PUBACK:
-                    raise mqtt5.ProtocolError(f"unexpected packet type 0x{first_byte:02x}")
-                packet_id, reason = mqtt5.parse_puback(body)
-                self._in_flight.discard(packet_id)
-                self.acked += 1
-                if reason >= mqtt5.FIRST_ERROR_REASON:
-                    self.refused += 1
+        try:
+            while chunk := await self._reader.read(READ_CHUNK_BYTES):
+                buffer += chunk
+                for first_byte, body in mqtt5.split_packets(buffer):
+                    if first_byte & 0xF0 != mqtt5.PUBACK:
+                        raise mqtt5.ProtocolError(f"unexpected packet type 0x{first_byte:02x}")
+                    packet_id, reason = mqtt5.parse_puback(body)
+                    self._in_flight.discard(packet_id)
+                    self.acked += 1
+                    if reason >= mqtt5.FIRST_ERROR_REASON:
+                        self.refused += 1
+                self._room.set()
+        finally:
+            # Whoever waits for room must not wait for acknowledgements that cannot come.
+            self._closed = True
             self._room.set()
-        raise ConnectionError("the broker closed the connection")
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        if self._closed:
+            raise ConnectionError("the broker closed the connection")
+        await self._room.wait()
 
     async def offer(self, rate: float, duration_s: float) -> tuple[float, float]:
         """Publish for `duration_s`; (first, last) publish times, epoch seconds."""
@@ -86,9 +97,8 @@ class Publisher:
                 await self._writer.drain()
             if free <= 0 or rate <= 0:
                 # The window is full: wait for PUBACKs rather than spin.
-                self._room.clear()
                 if self._window - len(self._in_flight) <= 0:
-                    await self._room.wait()
+                    await self._wait_for_room()
             else:
                 await asyncio.sleep(TICK_S)
         return started_at, time.time()
@@ -96,8 +106,7 @@ class Publisher:
     async def settle(self) -> None:
         """Wait until every publish is acknowledged."""
         while self._in_flight:
-            self._room.clear()
-            await self._room.wait()
+            await self._wait_for_room()
 
 
 async def _connect(

@@ -9,14 +9,22 @@ from typing import Any
 
 @dataclass
 class Baseline:
-    """The bare aiomqtt subscriber under publishers offering as fast as they can."""
+    """The bare aiomqtt subscriber, offered more than it can take."""
 
-    received_per_s: float
+    received_per_s: float  # consumed by its `async for` loop
+    dropped_per_s: float  # shed by its bounded queue (acknowledged, never consumed)
+    target_per_s: float  # 0: publishers unpaced
     offered_per_s: float
     subscriber_cpu_pct: float
     broker_cpu_pct: float
     publishers_cpu_pct: float
     machine_cpu_pct: float
+
+    @property
+    def other_cpu_pct(self) -> float:
+        """Busy CPU not used by the measured processes: other load on the machine."""
+        ours = self.subscriber_cpu_pct + self.broker_cpu_pct + self.publishers_cpu_pct
+        return max(0.0, self.machine_cpu_pct - ours)
 
 
 @dataclass
@@ -33,8 +41,22 @@ class Step:
     ingester_peak_rss_mib: float | None
     broker_cpu_pct: float
     postgres_cpu_pct: float
+    redis_cpu_pct: float
     publishers_cpu_pct: float
     machine_cpu_pct: float
+
+    @property
+    def other_cpu_pct(self) -> float:
+        """Busy CPU not used by the measured processes (the benchmark's own driver and
+        anything else running on the machine): high values mean a disturbed step."""
+        ours = (
+            self.ingester_cpu_pct
+            + self.broker_cpu_pct
+            + self.postgres_cpu_pct
+            + self.redis_cpu_pct
+            + self.publishers_cpu_pct
+        )
+        return max(0.0, self.machine_cpu_pct - ours)
 
 
 @dataclass
@@ -61,6 +83,10 @@ class Run:
 
     def as_json(self) -> str:
         body = asdict(self)
+        if self.baseline is not None:
+            body["baseline"]["other_cpu_pct"] = self.baseline.other_cpu_pct
+        for step, fields in zip(self.steps, body["steps"], strict=True):
+            fields["other_cpu_pct"] = step.other_cpu_pct
         if self.verification is not None:
             body["verification"]["exact"] = self.verification.exact
         return json.dumps({"benchmark": "ingest", **body})
@@ -82,8 +108,10 @@ _COLUMNS = (
     ("RSS MiB", 7),
     ("broker CPU%", 11),
     ("pg CPU%", 7),
+    ("redis CPU%", 10),
     ("pub CPU%", 8),
     ("machine%", 8),
+    ("other%", 6),
 )
 
 
@@ -93,10 +121,11 @@ def table(run: Run) -> str:
         b = run.baseline
         lines.append(
             f"bare aiomqtt receive: {_num(b.received_per_s)} msg/s"
-            f" (publishers offered {_num(b.offered_per_s)}/s; subscriber CPU"
+            f" (offered {_num(b.offered_per_s)}/s, queue shed {_num(b.dropped_per_s)}/s;"
+            f" subscriber CPU"
             f" {_num(b.subscriber_cpu_pct)}%, broker {_num(b.broker_cpu_pct)}%,"
             f" publishers {_num(b.publishers_cpu_pct)}%, machine {_num(b.machine_cpu_pct)}%"
-            " of 200%)"
+            f" of {100 * run.machine['nproc']}%, other {_num(b.other_cpu_pct)}%)"
         )
     lines.append("  ".join(name.rjust(width) for name, width in _COLUMNS))
     for s in run.steps:
@@ -112,10 +141,17 @@ def table(run: Run) -> str:
             _num(s.ingester_peak_rss_mib),
             _num(s.broker_cpu_pct),
             _num(s.postgres_cpu_pct),
+            _num(s.redis_cpu_pct),
             _num(s.publishers_cpu_pct),
             _num(s.machine_cpu_pct),
+            _num(s.other_cpu_pct),
         )
         lines.append("  ".join(c.rjust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True)))
+    lines.append(
+        "CPU%: 100 = one core. Latency: publish -> commit; p50 = median of the per-second"
+        " p50s, p99 = worst second. /bare = committed / bare aiomqtt receive."
+        " drain = last publish -> all committed."
+    )
     if run.verification is not None:
         v = run.verification
         verdict = "OK: every fix stored exactly once" if v.exact else "MISMATCH"

@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from bench.ingest.children import (
 from bench.ingest.ingester import IngesterProcess, fleetpulse_command
 from bench.ingest.procstat import CpuMeter, MachineMeter, children_named, peak_rss_mib
 from bench.ingest.results import Baseline, Run, Step, Verification
-from mqtt.broker import Mosquitto
+from fleetpulse.local_servers import Mosquitto, Redis
 
 # Same shape as the ingester's filter, in a group of its own so that nothing the baseline
 # leaves queued can reach the ingester.
@@ -45,10 +46,20 @@ RECORDED_SETTINGS = (
 
 
 @dataclass(frozen=True)
+class Services:
+    """The private broker and Redis of this run: where they listen, which processes."""
+
+    mqtt_url: str
+    broker_pids: list[int]
+    redis_pids: list[int]
+
+
+@dataclass(frozen=True)
 class Config:
     rates: tuple[float, ...]
     step_s: float
     bare_s: float
+    bare_rate: float  # fixes/s offered during the baseline; 0: as fast as publishers can
     warmup_s: float
     publishers: int
     devices: int
@@ -72,15 +83,22 @@ def _ingester_settings(env: dict[str, str]) -> dict[str, str]:
     return {name: pairs[name] for name in RECORDED_SETTINGS if name in pairs}
 
 
-async def _baseline(url: str, config: Config, broker: list[int]) -> Baseline:
-    subscriber = await Child.start(
-        "bare", python_module("bench.ingest.bare", f"--url={url}", f"--filter={BARE_FILTER}")
+async def _baseline(config: Config, services: Services, receive_maximum: str) -> Baseline:
+    url = services.mqtt_url
+    argv = python_module(
+        "bench.ingest.bare",
+        f"--url={url}",
+        f"--filter={BARE_FILTER}",
+        f"--receive-maximum={receive_maximum}",
     )
+    subscriber = await Child.start("bare", argv)
     samples: list[tuple[float, int]] = []
+    drops: list[tuple[float, int]] = []
 
     async def collect() -> None:
         while (line := await subscriber.read_json_line()) is not None:
             samples.append((float(line["t"]), int(line["received"])))
+            drops.append((float(line["t"]), int(line["dropped"])))
 
     collector: asyncio.Task[None] | None = None
     try:
@@ -89,10 +107,12 @@ async def _baseline(url: str, config: Config, broker: list[int]) -> Baseline:
         collector = asyncio.create_task(collect(), name="bench-bare-samples")
         start_at = time.time() + PUBLISHER_START_DELAY_S
         publishing = asyncio.create_task(
-            run_publishers(url, 0, config.bare_s, config.publishers, config.devices, 0, start_at)
+            run_publishers(
+                url, config.bare_rate, config.bare_s, config.publishers, config.devices, 0, start_at
+            )
         )
         await _sleep_until(start_at)
-        meters = CpuMeter([subscriber.pid]), CpuMeter(broker), MachineMeter()
+        meters = CpuMeter([subscriber.pid]), CpuMeter(services.broker_pids), MachineMeter()
         for meter in meters:
             meter.start()
         reports = await publishing
@@ -103,10 +123,13 @@ async def _baseline(url: str, config: Config, broker: list[int]) -> Baseline:
             await collector
     _, offered, start, end = figures.offered(reports)
     received = figures.rate_between(samples, start + config.warmup_s, end)
-    if received is None:
+    dropped = figures.rate_between(drops, start + config.warmup_s, end)
+    if received is None or dropped is None:
         raise RuntimeError("too few samples from the bare subscriber: lengthen --bare-duration")
     return Baseline(
         received_per_s=received,
+        dropped_per_s=dropped,
+        target_per_s=config.bare_rate,
         offered_per_s=offered,
         subscriber_cpu_pct=sub_cpu,
         broker_cpu_pct=broker_cpu,
@@ -118,10 +141,9 @@ async def _baseline(url: str, config: Config, broker: list[int]) -> Baseline:
 async def _step(
     number: int,
     rate: float,
-    url: str,
     config: Config,
+    services: Services,
     ingester: IngesterProcess,
-    broker: list[int],
     bare_per_s: float,
 ) -> Step:
     database_url = database.database_url(config.server_url, config.database)
@@ -130,15 +152,27 @@ async def _step(
     start_at = time.time() + PUBLISHER_START_DELAY_S
     publishing = asyncio.create_task(
         run_publishers(
-            url, rate, config.step_s, config.publishers, config.devices, number, start_at
+            services.mqtt_url,
+            rate,
+            config.step_s,
+            config.publishers,
+            config.devices,
+            number,
+            start_at,
         )
     )
     await _sleep_until(start_at)
-    meters = CpuMeter([ingester.pid]), CpuMeter(broker), CpuMeter(backends), MachineMeter()
+    meters = (
+        CpuMeter([ingester.pid]),
+        CpuMeter(services.broker_pids),
+        CpuMeter(backends),
+        CpuMeter(services.redis_pids),
+        MachineMeter(),
+    )
     for meter in meters:
         meter.start()
     reports = await publishing
-    ingester_cpu, broker_cpu, postgres_cpu, machine_cpu = (m.percent() for m in meters)
+    ingester_cpu, broker_cpu, postgres_cpu, redis_cpu, machine_cpu = (m.percent() for m in meters)
     published, offered, start, end = figures.offered(reports)
     drain_timeout = DRAIN_TIMEOUT_STEPS * config.step_s + DRAIN_TIMEOUT_MIN_S
     drained = await ingester.wait_committed(committed_before + published, drain_timeout)
@@ -157,13 +191,15 @@ async def _step(
         ingester_peak_rss_mib=peak_rss_mib(ingester.pid),
         broker_cpu_pct=broker_cpu,
         postgres_cpu_pct=postgres_cpu,
+        redis_cpu_pct=redis_cpu,
         publishers_cpu_pct=_percent(sum(r["cpu_s"] for r in reports), end - start),
         machine_cpu_pct=machine_cpu,
     )
 
 
 def _say(text: str) -> None:
-    print(f"[bench] {text}", flush=True)
+    """Progress, on stderr: stdout carries only the table and the JSON line."""
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
 async def run(config: Config) -> Run:
@@ -171,10 +207,16 @@ async def run(config: Config) -> Run:
     workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-bench-"))
     failed = True
     try:
-        with Mosquitto() as broker:
-            broker_pids = children_named(os.getpid(), "mosquitto")
+        # Private servers: the machine's shared broker and Redis are never touched.
+        with Mosquitto() as broker, Redis() as redis:
+            services = Services(
+                broker.url,
+                children_named(os.getpid(), "mosquitto"),
+                children_named(os.getpid(), "redis-server"),
+            )
             env = child_env(
                 FLEETPULSE_MQTT_URL=broker.url,
+                FLEETPULSE_REDIS_URL=redis.url,
                 FLEETPULSE_DATABASE_URL=database_url,
                 FLEETPULSE_CLIENT_ID="bench-ingest",
                 FLEETPULSE_TOPIC_PREFIX="fleet",
@@ -183,13 +225,19 @@ async def run(config: Config) -> Run:
             await database.migrate(fleetpulse_command(), env)
             settings: dict[str, Any] = {**asdict(config), **_ingester_settings(env)}
             result = Run(await machine.describe(database_url), settings)
-            _say(f"broker {broker.url}, database {config.database} (migrated), logs {workdir}")
+            _say(
+                f"broker {broker.url}, redis {redis.url}, database {config.database}"
+                f" (migrated), logs {workdir}"
+            )
 
-            _say(f"baseline: bare aiomqtt subscriber, publishers unpaced, {config.bare_s:g} s")
-            result.baseline = await _baseline(broker.url, config, broker_pids)
+            offer = f"{config.bare_rate:,.0f} fixes/s" if config.bare_rate else "unpaced"
+            _say(f"baseline: bare aiomqtt subscriber, offered {offer}, {config.bare_s:g} s")
+            result.baseline = await _baseline(
+                config, services, settings["FLEETPULSE_RECEIVE_MAXIMUM"]
+            )
             _say(f"bare aiomqtt receive: {result.baseline.received_per_s:,.0f} msg/s")
 
-            published, totals = await _ramp(result, broker.url, config, broker_pids, env, workdir)
+            published, totals = await _ramp(result, config, services, env, workdir)
             counts = await database.stored_counts(database_url)
             result.verification = Verification(published, **counts, ingester_totals=totals)
         failed = False
@@ -203,9 +251,8 @@ async def run(config: Config) -> Run:
 
 async def _ramp(
     result: Run,
-    url: str,
     config: Config,
-    broker: list[int],
+    services: Services,
     env: dict[str, str],
     workdir: Path,
 ) -> tuple[int, dict[str, int]]:
@@ -218,13 +265,14 @@ async def _ramp(
         for number, rate in enumerate(config.rates, start=1):
             _say(f"step {number}: {rate:,.0f} fixes/s for {config.step_s:g} s")
             step = await _step(
-                number, rate, url, config, ingester, broker, result.baseline.received_per_s
+                number, rate, config, services, ingester, result.baseline.received_per_s
             )
             result.steps.append(step)
             published += step.published
+            drain = "timed out" if step.drain_s is None else f"{step.drain_s:.1f} s"
             _say(
                 f"offered {step.offered_per_s:,.0f}/s, committed"
-                f" {step.committed_per_s or 0:,.0f}/s, drain {step.drain_s} s"
+                f" {step.committed_per_s or 0:,.0f}/s, backlog drained in {drain}"
             )
             if step.drain_s is None:
                 _say("the ingester did not catch up: the ramp stops here")
