@@ -7,12 +7,15 @@ import contextlib
 import json
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
+from fleetpulse.database import connect
 from fleetpulse.settings import Settings
-from ingest.database import connect
 from ingest.ingester import Ingester
 from ingest.maintenance import describe, maintain_forever
 from ingest.schema import create_database_if_missing, migrate, require_current
+from tracker.service import Tracker
 
 log = logging.getLogger("fleetpulse")
 
@@ -30,15 +33,22 @@ async def prepare_database(settings: Settings) -> None:
 
 
 async def _report_stats(
-    ingester: Ingester, every_s: float, as_json: bool, stop: asyncio.Event
+    ingester: Ingester | None,
+    tracker: Tracker | None,
+    every_s: float,
+    as_json: bool,
+    stop: asyncio.Event,
 ) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        report = ingester.stats.report()
+        report = ingester.stats.report() if ingester is not None else {}
+        if tracker is not None:
+            report["tracker"] = dict(sorted(tracker.counts.items()))
         if as_json:
             print(json.dumps(report), flush=True)
-        else:
+            continue
+        if ingester is not None:
             log.info(
                 "ingest: %.0f msg/s, %.0f fixes/s committed, fix age at commit p50 %s ms p99 %s ms",
                 report["messages_per_s"],
@@ -46,12 +56,20 @@ async def _report_stats(
                 report["commit_latency_p50_ms"],
                 report["commit_latency_p99_ms"],
             )
+        if tracker is not None:
+            log.info("tracker: %s", report["tracker"])
 
 
-async def run_ingest(
-    settings: Settings, *, stats_every_s: float = 60.0, stats_json: bool = False
+async def run_stages(
+    settings: Settings,
+    *,
+    ingest: bool,
+    tracker: bool,
+    stats_every_s: float = 60.0,
+    stats_json: bool = False,
 ) -> None:
-    """Run the ingest stage, with storage maintenance, until SIGTERM or SIGINT."""
+    """Run the chosen stages in this process until SIGTERM or SIGINT; each stops cleanly
+    (ingest writes and acknowledges what it holds, the tracker checkpoints)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -62,16 +80,29 @@ async def run_ingest(
     finally:
         await conn.close()
     log.info(describe(mode, settings))
-    ingester = Ingester(settings)
+    ingester = Ingester(settings) if ingest else None
+    tracking = Tracker(settings) if tracker else None
+
+    async def until_stopped(stage: Coroutine[Any, Any, None]) -> None:
+        try:
+            await stage
+        finally:
+            stop.set()  # one stage ending ends the process: no half-running pipeline
+
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(maintain_forever(settings, mode, stop), name="storage-maintenance")
             tasks.create_task(
-                _report_stats(ingester, stats_every_s, stats_json, stop), name="ingest-stats"
+                _report_stats(ingester, tracking, stats_every_s, stats_json, stop), name="stats"
             )
-            await ingester.run(stop)
-            stop.set()
+            if ingester is not None:
+                tasks.create_task(maintain_forever(settings, mode, stop), name="storage-upkeep")
+                tasks.create_task(until_stopped(ingester.run(stop)), name="ingest")
+            if tracking is not None:
+                tasks.create_task(until_stopped(tracking.run(stop)), name="tracker")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    log.info("ingest stopped; totals %s", dict(sorted(ingester.stats.counts.items())))
+    if ingester is not None:
+        log.info("ingest stopped; totals %s", dict(sorted(ingester.stats.counts.items())))
+    if tracking is not None:
+        log.info("tracker stopped; totals %s", dict(sorted(tracking.counts.items())))

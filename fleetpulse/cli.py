@@ -12,17 +12,23 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis.asyncio as redis
 
 from fleetpulse import app
-from fleetpulse.errors import ConfigError, FleetPulseError
-from fleetpulse.settings import OPTIONS, Settings, load_settings
+from fleetpulse.database import connect
+from fleetpulse.errors import ConfigError, FleetPulseError, ServiceUnavailable
+from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
 from ingest import store
-from ingest.database import connect
 from ingest.schema import TELEMETRY_COLUMNS, status
 from mqtt.rejects import Reason
+from tracker import geojson
+from tracker import store as tracker_store
+from tracker.events import EventKind
+from tracker.redis_live import RedisLive, event_message
 
 
 def parse_time(text: str) -> datetime:
@@ -66,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     db = command("db", "database schema")
     db.add_argument("action", choices=["migrate", "status"])
     for name, help in (
+        ("tracker", "run the tracker stage: live state, geofence and device events"),
         ("ingest", "run the ingest stage: MQTT in, every fix stored once"),
         ("run", "migrate the schema, then run every stage in one process"),
     ):
@@ -90,6 +97,39 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--since", type=parse_time, metavar="T")
     quarantine.add_argument("--limit", type=int, default=100)
     quarantine.add_argument("--format", choices=["table", "jsonl"], default="table")
+    geofences = command("geofences", "manage geofences (GeoJSON)")
+    fence_actions = geofences.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fence_import = fence_actions.add_parser("import", help="add or replace fences from a file")
+    fence_import.add_argument("file", help="a GeoJSON FeatureCollection ('-' reads stdin)")
+    fence_actions.add_parser("export", help="print every fence as a FeatureCollection")
+    fence_actions.add_parser("list", help="one line per fence")
+    fence_delete = fence_actions.add_parser("delete", help="remove a fence")
+    fence_delete.add_argument("id")
+    events = command("events", "geofence and device events")
+    event_actions = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = event_actions.add_parser("export", help="print stored events in event-time order")
+    export.add_argument("--device")
+    export.add_argument("--fence")
+    export.add_argument("--kind", choices=[k.value for k in EventKind])
+    export.add_argument("--from", dest="start", type=parse_time, metavar="T")
+    export.add_argument("--to", dest="end", type=parse_time, metavar="T")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    devices = command("devices", "live state of devices (from the trackers, in Redis)")
+    device_actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = device_actions.add_parser("show", help="one device's live state")
+    show.add_argument("id")
+    near = device_actions.add_parser("near", help="devices within a radius, nearest first")
+    near.add_argument("lat", type=float)
+    near.add_argument("lon", type=float)
+    near.add_argument("radius_m", type=float)
+    box = device_actions.add_parser("in-box", help="devices inside a bounding box")
+    for name in ("south", "west", "north", "east"):
+        box.add_argument(name, type=float)
+    groups = device_actions.add_parser(
+        "set-groups", help="the groups a device belongs to (fences can be limited to groups)"
+    )
+    groups.add_argument("id")
+    groups.add_argument("groups", nargs="*", metavar="GROUP")
     stats = command("stats", "devices, fixes and rejects in the database")
     stats.add_argument("--json", action="store_true")
     return parser
@@ -141,12 +181,34 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _ingest(settings: Settings, args: argparse.Namespace) -> None:
-    await app.run_ingest(settings, stats_every_s=args.stats_every, stats_json=args.stats_json)
+    await app.run_stages(
+        settings,
+        ingest=True,
+        tracker=False,
+        stats_every_s=args.stats_every,
+        stats_json=args.stats_json,
+    )
+
+
+async def _tracker(settings: Settings, args: argparse.Namespace) -> None:
+    await app.run_stages(
+        settings,
+        ingest=False,
+        tracker=True,
+        stats_every_s=args.stats_every,
+        stats_json=args.stats_json,
+    )
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
     await app.prepare_database(settings)
-    await _ingest(settings, args)
+    await app.run_stages(
+        settings,
+        ingest=True,
+        tracker=True,
+        stats_every_s=args.stats_every,
+        stats_json=args.stats_json,
+    )
 
 
 async def _history(settings: Settings, args: argparse.Namespace) -> None:
@@ -224,12 +286,95 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{name}: {n}")
 
 
+def _read_input(name: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise FleetPulseError(f"cannot read {name}: {exc.strerror}") from None
+
+
+async def _geofences(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "import":
+        try:
+            fences = geojson.loads(await asyncio.to_thread(_read_input, args.file))
+        except geojson.FenceFormatError as exc:
+            raise FleetPulseError(f"{args.file}: {exc}") from None
+    conn = await connect(settings.database_url)
+    try:
+        if args.action == "import":
+            rows = [(f.id, f.name, geojson.to_feature(f)) for f in fences]
+            print(f"imported {await tracker_store.save_fences(conn, rows)} fences")
+        elif args.action == "delete":
+            if not await tracker_store.delete_fence(conn, args.id):
+                raise FleetPulseError(f"no fence {args.id!r}")
+            print(f"deleted {args.id}")
+        else:
+            features = await tracker_store.fence_features(conn)
+            if args.action == "export":
+                print(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
+            for feature in features if args.action == "list" else []:
+                props = feature["properties"]
+                print(f"{props['id']}\t{feature['geometry']['type']}\t{props.get('name', '')}")
+    finally:
+        await conn.close()
+
+
+async def _events(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url, autocommit=False)
+    try:
+        async for event in tracker_store.events(
+            conn,
+            device_id=args.device,
+            fence_id=args.fence,
+            kind=EventKind(args.kind) if args.kind else None,
+            since=args.start,
+            until=args.end,
+        ):
+            sys.stdout.write(msgspec.json.encode(event_message(event)).decode() + "\n")
+    finally:
+        await conn.close()
+
+
+async def _devices(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "set-groups":
+        conn = await connect(settings.database_url)
+        try:
+            if not await tracker_store.set_device_groups(conn, args.id, args.groups):
+                raise FleetPulseError(f"no device {args.id!r} (it must have reported once)")
+        finally:
+            await conn.close()
+        print(f"{args.id}: groups {sorted(set(args.groups))}")
+        return
+    client = redis.Redis.from_url(settings.redis_url)
+    live = RedisLive(client)
+    try:
+        if args.action == "show":
+            device = await live.device(args.id)
+            if device is None:
+                raise FleetPulseError(f"no live state for device {args.id!r}")
+            found = [device]
+        elif args.action == "near":
+            found = await live.near(args.lat, args.lon, args.radius_m)
+        else:
+            found = await live.in_box(args.south, args.west, args.north, args.east)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {mask_url(settings.redis_url)}: {exc}") from None
+    finally:
+        await client.aclose()
+    for device in found:
+        print(msgspec.json.encode(device).decode())
+
+
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "config": _config,
     "db": _db,
     "ingest": _ingest,
+    "tracker": _tracker,
     "run": _run,
     "history": _history,
     "quarantine": _quarantine,
     "stats": _stats,
+    "geofences": _geofences,
+    "events": _events,
+    "devices": _devices,
 }

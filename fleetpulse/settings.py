@@ -288,7 +288,7 @@ OPTIONS: tuple[Option, ...] = (
         "tracker_count",
         "1",
         _positive_int,
-        "trackers sharing the partitions; tracker i owns partitions p with p % count == i",
+        "trackers sharing the partitions; tracker i owns the partitions p with p mod count = i",
     ),
     Option("offline_after", "5m", _positive_duration, "no fix for this long: offline event"),
     Option(

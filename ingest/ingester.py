@@ -22,10 +22,10 @@ import aiomqtt
 import psycopg
 import redis
 
+from fleetpulse.database import connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from ingest.batch import Batch
-from ingest.database import connect
 from ingest.handoff import StreamHandoff
 from ingest.partitions import Partitions
 from ingest.schema import StorageMode, require_current

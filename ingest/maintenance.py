@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from fleetpulse.database import connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings, format_duration
-from ingest.database import connect
 from ingest.partitions import Partitions
 from ingest.schema import StorageMode, apply_timescaledb_policies
 

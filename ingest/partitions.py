@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import sql
 
-from ingest.database import Conn
+from fleetpulse.database import Conn
 
 log = logging.getLogger(__name__)
 

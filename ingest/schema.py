@@ -18,8 +18,8 @@ from datetime import timedelta
 import psycopg
 from psycopg import sql
 
+from fleetpulse.database import Conn
 from fleetpulse.errors import SchemaError
-from ingest.database import Conn
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,64 @@ async def _v1_initial(conn: Conn, mode: StorageMode) -> None:
     await conn.execute(_V1_COMMON)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial telemetry schema", _v1_initial),)
+_V2_TRACKER = """
+-- Groups a fence can be limited to (a depot's vans, a client's drones).
+ALTER TABLE devices ADD COLUMN groups text[] NOT NULL DEFAULT '{}';
+
+CREATE TABLE fences (
+    id         text        PRIMARY KEY,
+    name       text        NOT NULL,
+    feature    jsonb       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE events (
+    id          text             NOT NULL,
+    device_id   text             NOT NULL,
+    kind        text             NOT NULL,
+    ts          timestamptz      NOT NULL,
+    fence_id    text,
+    lat         double precision,
+    lon         double precision,
+    alt         real,
+    detail      text             NOT NULL DEFAULT '',
+    recorded_at timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (id, ts)
+);
+CREATE INDEX events_device_idx ON events (device_id, ts);
+CREATE INDEX events_fence_idx ON events (fence_id, ts) WHERE fence_id IS NOT NULL;
+CREATE INDEX events_kind_idx ON events (kind, ts);
+
+-- Where each tracker partition stands: the last hand-off entry it applied, the arrival
+-- time up to which it has seen telemetry, and its engines' state, all written together.
+CREATE TABLE tracker_checkpoints (
+    partition    integer     PRIMARY KEY,
+    stream_id    text        NOT NULL,
+    watermark    timestamptz,
+    redis_epoch  text        NOT NULL,
+    state        bytea       NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Re-reading telemetry by arrival time after Redis lost the hand-off; BRIN because
+-- arrival time follows insertion order and the index must cost ingest almost nothing.
+CREATE INDEX telemetry_received_brin ON telemetry USING brin (received_at);
+"""
+
+
+async def _v2_tracker(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V2_TRACKER)
+    if mode is StorageMode.TIMESCALEDB:
+        await conn.execute(
+            "SELECT create_hypertable('events', 'ts', chunk_time_interval => INTERVAL '7 days')"
+        )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial telemetry schema", _v1_initial),
+    Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _BOOKKEEPING = """

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ingest.database import Conn
+from fleetpulse.database import Conn
 from ingest.schema import TELEMETRY_COLUMNS
 from tracker.positions import DeviceKind, Fix
 
@@ -15,7 +15,7 @@ HISTORY_FETCH_ROWS = 5_000
 _SELECT_FIX = f"SELECT {', '.join(TELEMETRY_COLUMNS)} FROM telemetry WHERE device_id = %s"
 
 
-def _fix(row: tuple[Any, ...]) -> Fix:
+def fix_from_row(row: tuple[Any, ...]) -> Fix:
     values = dict(zip(TELEMETRY_COLUMNS, row, strict=True))
     if values["kind"] is not None:
         values["kind"] = DeviceKind(values["kind"])
@@ -37,14 +37,14 @@ async def history(
         cur.itersize = HISTORY_FETCH_ROWS
         await cur.execute(query + " ORDER BY ts", params)
         async for row in cur:
-            yield _fix(row)
+            yield fix_from_row(row)
 
 
 async def latest(conn: Conn, device_id: str) -> Fix | None:
     """The device's fix with the greatest fix time (not the last to arrive)."""
     cur = await conn.execute(_SELECT_FIX + " ORDER BY ts DESC LIMIT 1", (device_id,))
     row = await cur.fetchone()
-    return None if row is None else _fix(row)
+    return None if row is None else fix_from_row(row)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings, load_settings
 from ingest.ingester import Ingester
 from ingest.schema import StorageMode
+from tracker.service import Tracker
 
 PG_URL = os.environ.get("FLEETPULSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE_DB = f"fleetpulse_test_tpl_{os.getpid()}"
@@ -143,6 +144,26 @@ async def running_ingester(settings: Settings) -> AsyncIterator[Ingester]:
         raise TimeoutError("the ingester did not subscribe in time")
     try:
         yield ingester
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+
+
+@asynccontextmanager
+async def running_tracker(settings: Settings) -> AsyncIterator[Tracker]:
+    """A tracker in this event loop, past its start-up recovery before the block starts."""
+    tracker = Tracker(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tracker.run(stop), name="test-tracker")
+    waiter = asyncio.create_task(tracker.ready.wait())
+    done, _ = await asyncio.wait(
+        {task, waiter}, timeout=WAIT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    if task in done:
+        waiter.cancel()
+        task.result()
+    try:
+        yield tracker
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_TIMEOUT_S)

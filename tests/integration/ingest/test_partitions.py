@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ingest.database import Conn, connect
+from fleetpulse.database import Conn, connect
 from ingest.partitions import PARTITIONS_AHEAD, Partitions, Range, partition_name
 
 D = datetime(2026, 11, 27, tzinfo=UTC)

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import psycopg
 
+from fleetpulse.database import connect
 from fleetpulse.settings import Settings
-from ingest.database import connect
 from ingest.schema import apply_timescaledb_policies
 from tests.conftest import eventually, running_ingester
 from tests.publisher import publish

@@ -1,0 +1,149 @@
+"""MQTT in → events out through the real Mosquitto, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from fleetpulse.database import connect
+from fleetpulse.settings import Settings
+from tests.conftest import eventually, make_settings, running_ingester, running_tracker
+from tests.publisher import connect as mqtt_connect
+from tests.publisher import publish
+from tracker import store
+from tracker.redis_live import EVENTS_CHANNEL, RedisLive
+
+# A 300 m circle around Porto's Avenida dos Aliados, and a track that drives through it.
+CENTRE = (41.1486, -8.6110)
+FENCE = {
+    "type": "Feature",
+    "geometry": {"type": "Point", "coordinates": [CENTRE[1], CENTRE[0]]},
+    "properties": {"id": "aliados", "name": "Aliados", "radius_m": 300},
+}
+# Latitude steps of ~111 m: outside, inside (three fixes), outside.
+TRACK = [CENTRE[0] - 0.006 + k * 0.002 for k in range(7)]
+
+
+def fixes(device: str, t0: int, lats: list[float]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"fleet/{device}/telemetry", {"ts": t0 + k * 10_000, "lat": lat, "lon": CENTRE[1]})
+        for k, lat in enumerate(lats)
+    ]
+
+
+async def stored_events(url: str) -> list[tuple[str, str, str | None]]:
+    conn = await connect(url, autocommit=False)
+    try:
+        return [(e.device_id, e.kind.value, e.fence_id) async for e in store.events(conn)]
+    finally:
+        await conn.close()
+
+
+def fast(settings: Settings, **extra: str) -> Settings:
+    """The same services, without the reorder wait, so tests see events at once."""
+    return make_settings(
+        database_url=settings.database_url,
+        mqtt_url=settings.mqtt_url,
+        redis_url=settings.redis_url,
+        reorder_window="0",
+        **extra,
+    )
+
+
+async def add_fence(url: str) -> None:
+    conn = await connect(url)
+    try:
+        await store.save_fences(conn, [("aliados", "Aliados", FENCE)])
+    finally:
+        await conn.close()
+
+
+async def test_fixes_in_events_out_stored_published_and_live(settings: Settings) -> None:
+    settings = fast(settings)
+    await add_fence(settings.database_url)
+    subscriber = aioredis.Redis.from_url(settings.redis_url).pubsub()
+    await subscriber.subscribe(EVENTS_CHANNEL)
+    t0 = int(time.time() * 1000) - 120_000
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        await publish(settings.mqtt_url, fixes("van-1", t0, TRACK))
+        await eventually(lambda: tracker.counts["events"] >= 2)
+        live = RedisLive(aioredis.Redis.from_url(settings.redis_url))
+        state = await eventually(lambda: live.device("van-1"))
+        assert abs(state.lat - TRACK[-1]) < 1e-9
+        nearby = await live.near(CENTRE[0], CENTRE[1], 1000)
+        assert [d.device_id for d in nearby] == ["van-1"]
+    assert await stored_events(settings.database_url) == [
+        ("van-1", "enter", "aliados"),
+        ("van-1", "exit", "aliados"),
+    ]
+    published: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5
+    while len(published) < 2 and time.monotonic() < deadline:
+        message = await subscriber.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message is not None:
+            published.append(json.loads(message["data"]))
+    assert [m["kind"] for m in published] == ["enter", "exit"]
+    assert published[0]["id"] == "van-1|aliados|enter|" + str((t0 + 20_000) * 1000)
+    await subscriber.aclose()
+
+
+async def test_restart_resumes_without_repeating_events(settings: Settings) -> None:
+    settings = fast(settings)
+    await add_fence(settings.database_url)
+    t0 = int(time.time() * 1000) - 120_000
+    async with running_ingester(settings):
+        async with running_tracker(settings) as tracker:
+            await publish(settings.mqtt_url, fixes("van-2", t0, TRACK[:4]))
+            await eventually(lambda: tracker.counts["events"] >= 1)
+        async with running_tracker(settings) as tracker:
+            await publish(settings.mqtt_url, fixes("van-2", t0 + 40_000, TRACK[4:]))
+            await eventually(lambda: tracker.counts["events"] >= 1)
+            await asyncio.sleep(0.5)
+    kinds = [kind for _, kind, _ in await stored_events(settings.database_url)]
+    assert kinds == ["enter", "exit"]
+
+
+async def test_redis_emptied_live_state_is_rebuilt_from_postgresql(settings: Settings) -> None:
+    settings = fast(settings)
+    t0 = int(time.time() * 1000) - 60_000
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        await publish(settings.mqtt_url, fixes("van-3", t0, TRACK))
+        live = RedisLive(aioredis.Redis.from_url(settings.redis_url))
+        await eventually(lambda: live.device("van-3"))
+        redis.Redis.from_url(settings.redis_url).flushall()
+        await eventually(lambda: tracker.counts["rebuilds"] >= 1, within=15)
+        state = await eventually(lambda: live.device("van-3"))
+        assert abs(state.lat - TRACK[-1]) < 1e-9
+        # The hand-off works again after the rebuild.
+        await publish(settings.mqtt_url, fixes("van-3", t0 + 100_000, [CENTRE[0]]))
+        await eventually(lambda: _at(live, "van-3", CENTRE[0]))
+
+
+async def _at(live: RedisLive, device: str, lat: float) -> bool:
+    state = await live.device(device)
+    return state is not None and abs(state.lat - lat) < 1e-9
+
+
+async def test_last_will_makes_an_offline_event(settings: Settings) -> None:
+    settings = fast(settings)
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        device = mqtt_connect(
+            settings.mqtt_url, topic="fleet/van-4/status", payload=b"offline", qos=1, retain=True
+        )
+        t0 = int(time.time() * 1000)
+        device.publish(
+            "fleet/van-4/telemetry", json.dumps({"ts": t0, "lat": 41.1, "lon": -8.6}), qos=1
+        ).wait_for_publish(5)
+        live = RedisLive(aioredis.Redis.from_url(settings.redis_url))
+        await eventually(lambda: live.device("van-4"))
+        device.socket().close()  # type: ignore[union-attr]
+        device.loop_stop()
+        await eventually(lambda: tracker.counts["events"] >= 1)
+        state = await live.device("van-4")
+        assert state is not None and state.status == "offline"
+    assert await stored_events(settings.database_url) == [("van-4", "offline", None)]

@@ -1,0 +1,120 @@
+"""Redis side of the tracker: live device state (a GEO set plus one key per device),
+event and position fan-out, and the epoch that tells whether Redis lost its data.
+
+Writes are coalesced: one pipeline per processed batch, one GEOADD with every moved
+device, because a round trip per fix would cost more than everything else per fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+import msgspec
+import redis.asyncio as redis
+
+from tracker.events import Event
+from tracker.live import LiveDevice, haversine_m
+
+LIVE_GEO_KEY = "fleetpulse:live"
+DEVICE_KEY_PREFIX = "fleetpulse:device:"
+EVENTS_CHANNEL = "fleetpulse:events"
+POSITIONS_CHANNEL = "fleetpulse:positions"
+EPOCH_KEY = "fleetpulse:epoch"
+
+_json = msgspec.json.Encoder()
+_device = msgspec.json.Decoder(LiveDevice)
+
+
+class EventMessage(msgspec.Struct, frozen=True):
+    """An event as published and stored for the web layer: the event plus its id."""
+
+    id: str
+    device_id: str
+    kind: str
+    ts: str
+    fence_id: str | None
+    lat: float | None
+    lon: float | None
+    alt: float | None
+    detail: str
+
+
+def event_message(event: Event) -> EventMessage:
+    return EventMessage(
+        id=event.id,
+        device_id=event.device_id,
+        kind=event.kind.value,
+        ts=event.ts.isoformat(),
+        fence_id=event.fence_id,
+        lat=event.lat,
+        lon=event.lon,
+        alt=event.alt,
+        detail=event.detail,
+    )
+
+
+class RedisLive:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    async def epoch(self) -> str:
+        """This Redis's data generation: it changes only when Redis has lost its data."""
+        fresh = uuid.uuid4().hex
+        await self._redis.set(EPOCH_KEY, fresh, nx=True)
+        value = await self._redis.get(EPOCH_KEY)
+        return value.decode() if isinstance(value, bytes) else str(value or fresh)
+
+    async def write(self, devices: Iterable[LiveDevice], events: list[Event]) -> None:
+        """Store states, move the GEO members, publish positions and events: one round trip."""
+        latest = {d.device_id: d for d in devices}
+        if not latest and not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if latest:
+                geo: list[float | str] = []
+                for device in latest.values():
+                    geo.extend((device.lon, device.lat, device.device_id))
+                pipe.geoadd(LIVE_GEO_KEY, geo)
+                pipe.mset({DEVICE_KEY_PREFIX + k: _json.encode(d) for k, d in latest.items()})
+                pipe.publish(POSITIONS_CHANNEL, _json.encode(list(latest.values())))
+            for event in events:
+                pipe.publish(EVENTS_CHANNEL, _json.encode(event_message(event)))
+            await pipe.execute()
+
+    async def device(self, device_id: str) -> LiveDevice | None:
+        raw = await self._redis.get(DEVICE_KEY_PREFIX + device_id)
+        return None if raw is None else _device.decode(raw)
+
+    async def near(self, lat: float, lon: float, radius_m: float) -> list[LiveDevice]:
+        ids = await self._redis.geosearch(
+            LIVE_GEO_KEY, longitude=lon, latitude=lat, radius=radius_m, unit="m", sort="ASC"
+        )
+        return await self._states(ids)
+
+    async def in_box(
+        self, south: float, west: float, north: float, east: float
+    ) -> list[LiveDevice]:
+        """Devices whose last position lies in the box (degrees)."""
+        # GEOSEARCH boxes are metric around a centre: search the enclosing box, then cut.
+        centre_lat, centre_lon = (south + north) / 2, (west + east) / 2
+        height = haversine_m(south, centre_lon, north, centre_lon)
+        width = max(haversine_m(lat, west, lat, east) for lat in (south, north, centre_lat))
+        ids = await self._redis.geosearch(
+            LIVE_GEO_KEY,
+            longitude=centre_lon,
+            latitude=centre_lat,
+            width=width * 1.01,
+            height=height * 1.01,
+            unit="m",
+        )
+        return [
+            d for d in await self._states(ids) if south <= d.lat <= north and west <= d.lon <= east
+        ]
+
+    async def _states(self, ids: Sequence[object]) -> list[LiveDevice]:
+        if not ids:
+            return []
+        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        raws = await self._redis.mget([DEVICE_KEY_PREFIX + name for name in names])
+        return [_device.decode(raw) for raw in raws if raw is not None]

@@ -1,0 +1,327 @@
+"""The tracker stage: consume the hand-off streams of the partitions this tracker owns,
+keep live state and geofence state, store and publish events, checkpoint.
+
+    Redis Streams (partition p) ──▶ LiveTracker (position, status) ──▶ Redis live state
+                                └─▶ GeofenceEngine (reorder window) ──▶ events
+    events ──▶ PostgreSQL (once each: deterministic ids) ──▶ Redis pub/sub
+    every few seconds: checkpoint (stream position, arrival watermark, engines) in PostgreSQL
+
+PostgreSQL is the record. If Redis lost its data (its epoch changed) or trimmed entries
+this tracker had not read, the tracker re-reads the fixes that arrived after its
+watermark from PostgreSQL and rebuilds; everything downstream is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import msgspec
+import redis.asyncio as redis
+
+from fleetpulse.database import Conn, connect
+from fleetpulse.settings import Settings
+from tracker import live as live_state
+from tracker import store
+from tracker.events import Event
+from tracker.fence_index import FenceIndex
+from tracker.geofencing import GeofenceEngine, GeofenceRules
+from tracker.geojson import parse_feature
+from tracker.handoff import Handoff, decode, partition_of, stream_key
+from tracker.live import LiveDevice, LiveRules, LiveTracker
+from tracker.redis_live import RedisLive
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 1000
+READ_COUNT = 200  # stream entries per partition per read (each is a batch's share)
+TICK_INTERVAL_S = 1.0
+CHECKPOINT_INTERVAL_S = 5.0
+FENCE_POLL_INTERVAL_S = 5.0
+# Fixes commit some time after they arrive; re-reading this far before the watermark
+# covers batches that were slow to commit (the engines drop what they already saw).
+REREAD_MARGIN = timedelta(minutes=5)
+START_OF_STREAM = "0-0"
+NO_GROUPS: frozenset[str] = frozenset()
+
+
+class _Saved(msgspec.Struct):
+    live: bytes
+    geofence: bytes
+
+
+@dataclass
+class Partition:
+    number: int
+    live: LiveTracker
+    engine: GeofenceEngine
+    stream_id: str = START_OF_STREAM
+    watermark: datetime | None = None
+    changed: dict[str, LiveDevice] = field(default_factory=dict)
+
+    def apply(self, handoff: Handoff, groups: dict[str, frozenset[str]]) -> list[Event]:
+        events: list[Event] = []
+        for fix in handoff.fixes:
+            state, device_events = self.live.update(fix)
+            if state is not None:
+                self.changed[fix.device_id] = state
+            events.extend(device_events)
+            events.extend(self.engine.offer(fix, groups.get(fix.device_id, NO_GROUPS)))
+            if self.watermark is None or fix.received_at > self.watermark:
+                self.watermark = fix.received_at
+        for change in handoff.statuses:
+            state, device_events = self.live.status_change(change)
+            if state is not None:
+                self.changed[change.device_id] = state
+                events.extend(self.engine.device_offline(change.device_id, change.ts))
+            events.extend(device_events)
+        return events
+
+    def tick(self, now: datetime) -> list[Event]:
+        changed, events = self.live.tick(now)
+        for state in changed:
+            self.changed[state.device_id] = state
+            events.extend(self.engine.device_offline(state.device_id, now))
+        return [*events, *self.engine.tick(now)]
+
+    def saved_state(self) -> bytes:
+        return msgspec.msgpack.encode(
+            _Saved(live_state.snapshot(self.live.devices), self.engine.snapshot())
+        )
+
+
+class Tracker:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.owned = [
+            p
+            for p in range(settings.partitions)
+            if p % settings.tracker_count == settings.tracker_index
+        ]
+        self._live_rules = LiveRules(
+            offline_after=settings.offline_after,
+            gap_after=settings.gap_after,
+            stopped_speed_mps=settings.stopped_speed_mps,
+            fine_res=settings.h3_fine_res,
+            coarse_res=settings.h3_coarse_res,
+        )
+        window = settings.reorder_window.total_seconds() if settings.reorder_window else 0.0
+        self._geofence_rules = GeofenceRules(
+            margin_m=settings.geofence_margin_m,
+            confirm_fixes=settings.geofence_confirm_fixes,
+            max_speed_mps=settings.max_speed_mps,
+            reorder_window_s=window,
+        )
+        self.index = FenceIndex()
+        self._fences_version: tuple[int, datetime | None] = (-1, None)
+        self.partitions: dict[int, Partition] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        self.counts: Counter[str] = Counter()
+        self.ready = asyncio.Event()
+        self._epoch = ""
+
+    # --- life cycle -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client = redis.Redis.from_url(self._settings.redis_url)
+        conn = await connect(self._settings.database_url)
+        try:
+            live = RedisLive(client)
+            await self._reload_fences(conn)
+            await self._start(conn, client, live)
+            self.ready.set()
+            log.info(
+                "tracker %d/%d owns partitions %s",
+                self._settings.tracker_index,
+                self._settings.tracker_count,
+                self.owned,
+            )
+            await self._loop(stop, conn, client, live)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._checkpoint(conn)
+            await conn.close()
+            await client.aclose()
+
+    async def _loop(
+        self, stop: asyncio.Event, conn: Conn, client: redis.Redis, live: RedisLive
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = next_checkpoint = next_fence_poll = loop.time()
+        while not stop.is_set():
+            entries = cast(
+                "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
+                await client.xread(
+                    {stream_key(p): s.stream_id for p, s in self.partitions.items()},
+                    count=READ_COUNT,
+                    block=READ_BLOCK_MS,
+                ),
+            )
+            events: list[Event] = []
+            for key, items in entries or []:
+                partition = self.partitions[int(key.decode().rsplit(":", 1)[1])]
+                for entry_id, fields in items:
+                    events.extend(partition.apply(decode(fields[b"h"]), self._groups))
+                    partition.stream_id = entry_id.decode()
+                    self.counts["entries"] += 1
+            now = loop.time()
+            if now >= next_tick:
+                wall = datetime.now(UTC)
+                for partition in self.partitions.values():
+                    events.extend(partition.tick(wall))
+                next_tick = now + TICK_INTERVAL_S
+            await self._emit(conn, live, events)
+            if now >= next_fence_poll:
+                await self._reload_fences(conn)
+                next_fence_poll = now + FENCE_POLL_INTERVAL_S
+            if now >= next_checkpoint:
+                await self._check_redis(conn, client, live)
+                await self._checkpoint(conn)
+                next_checkpoint = now + CHECKPOINT_INTERVAL_S
+
+    async def _check_redis(self, conn: Conn, client: redis.Redis, live: RedisLive) -> None:
+        epoch = await live.epoch()
+        if epoch != self._epoch:
+            log.warning("Redis lost its data; rebuilding live state from PostgreSQL")
+            self._epoch = epoch
+            await self._rebuild(conn, live, list(self.partitions.values()))
+            return
+        trimmed = [p for p in self.partitions.values() if await self._trimmed(client, p)]
+        if trimmed:
+            log.warning("hand-off entries were trimmed before they were read; re-reading")
+            self.counts["stream_gaps"] += len(trimmed)
+            await self._rebuild(conn, live, trimmed)
+
+    async def _emit(self, conn: Conn, live: RedisLive, events: list[Event]) -> None:
+        """Events are stored before they are published, and both before the checkpoint
+        moves past the entries that produced them."""
+        changed = [s for p in self.partitions.values() for s in p.changed.values()]
+        for partition in self.partitions.values():
+            partition.changed.clear()
+        if events:
+            self.counts["events_new"] += await store.save_events(conn, events)
+            self.counts["events"] += len(events)
+        await live.write(changed, events)
+
+    async def _checkpoint(self, conn: Conn) -> None:
+        async with conn.transaction():
+            for partition in self.partitions.values():
+                await store.save_checkpoint(
+                    conn,
+                    store.Checkpoint(
+                        partition.number,
+                        partition.stream_id,
+                        partition.watermark,
+                        self._epoch,
+                        partition.saved_state(),
+                    ),
+                )
+
+    # --- recovery -------------------------------------------------------------------
+
+    async def _start(self, conn: Conn, client: redis.Redis, live: RedisLive) -> None:
+        """Resume each partition from its checkpoint; where Redis cannot give what came
+        after it, re-read PostgreSQL. A partition never checkpointed takes its devices'
+        last positions from the device registry."""
+        self._epoch = await live.epoch()
+        checkpoints = await store.load_checkpoints(conn, self.owned)
+        seeds: list[Partition] = []
+        stale: list[Partition] = []
+        for number in self.owned:
+            checkpoint = checkpoints.get(number)
+            partition = self._partition(number, checkpoint)
+            self.partitions[number] = partition
+            if checkpoint is None:
+                seeds.append(partition)
+            elif checkpoint.redis_epoch != self._epoch or await self._trimmed(client, partition):
+                stale.append(partition)
+        if seeds:
+            await self._seed(conn, seeds)
+            await live.write([d for p in seeds for d in p.live.devices.values()], [])
+        if stale:
+            await self._rebuild(conn, live, stale)
+
+    def _partition(self, number: int, checkpoint: store.Checkpoint | None) -> Partition:
+        if checkpoint is None:
+            return Partition(
+                number,
+                LiveTracker(self._live_rules),
+                GeofenceEngine(self.index, self._geofence_rules),
+                watermark=datetime.now(UTC),
+            )
+        saved = msgspec.msgpack.decode(checkpoint.state, type=_Saved)
+        return Partition(
+            number,
+            LiveTracker(self._live_rules, live_state.restore(saved.live)),
+            GeofenceEngine.restore(self.index, self._geofence_rules, saved.geofence),
+            stream_id=checkpoint.stream_id,
+            watermark=checkpoint.watermark,
+        )
+
+    async def _seed(self, conn: Conn, partitions: list[Partition]) -> None:
+        by_number = {p.number: p for p in partitions}
+        async for fix in store.latest_fixes(conn):
+            partition = by_number.get(partition_of(fix.device_id, self._settings.partitions))
+            if partition is not None:
+                partition.live.update(fix)
+
+    async def _rebuild(self, conn: Conn, live: RedisLive, partitions: list[Partition]) -> None:
+        """Apply again every fix that arrived since the oldest watermark (less a margin),
+        then rewrite these partitions' live state. The engines ignore what they had seen."""
+        by_number = {p.number: p for p in partitions}
+        known = [p.watermark for p in partitions if p.watermark is not None]
+        since = min(known) - REREAD_MARGIN if len(known) == len(partitions) else None
+        events: list[Event] = []
+        reread = 0
+        async for fix in store.fixes_received_after(conn, since):
+            partition = by_number.get(partition_of(fix.device_id, self._settings.partitions))
+            if partition is not None:
+                events.extend(partition.apply(Handoff([fix]), self._groups))
+                reread += 1
+        for partition in partitions:
+            partition.stream_id = START_OF_STREAM
+            partition.changed.update(partition.live.devices)
+        self.counts["rebuilds"] += 1
+        self.counts["reread_fixes"] += reread
+        log.info("re-read %d fixes from PostgreSQL for partitions %s", reread, sorted(by_number))
+        await self._emit(conn, live, events)
+
+    async def _trimmed(self, client: redis.Redis, partition: Partition) -> bool:
+        """Whether the stream dropped entries after this partition's position."""
+        try:
+            info = await client.xinfo_stream(stream_key(partition.number))
+        except redis.ResponseError:  # no stream: nothing was handed on since
+            return False
+        deleted = info.get("max-deleted-entry-id", b"0-0")
+        deleted_id = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+        return _stream_id_key(deleted_id) > _stream_id_key(partition.stream_id)
+
+    # --- fences ---------------------------------------------------------------------
+
+    async def _reload_fences(self, conn: Conn) -> None:
+        self._groups = await store.device_groups(conn)
+        version = await store.fences_version(conn)
+        if version == self._fences_version:
+            return
+        fences = []
+        for feature in await store.fence_features(conn):
+            try:
+                fences.append(parse_feature(feature))
+            except ValueError as exc:
+                self.counts["fences_unreadable"] += 1
+                log.error(
+                    "fence %s cannot be used: %s", feature.get("properties", {}).get("id"), exc
+                )
+        self.index.replace_all(fences)
+        self._fences_version = version
+        log.info("geofences loaded: %d", len(fences))
+
+
+def _stream_id_key(stream_id: str) -> tuple[int, int]:
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq or 0)
