@@ -30,6 +30,9 @@ from tracker.fences import Fence
 from tracker.shapes import M_PER_DEG, BBox, Circle, Corridor
 
 MAX_RESOLUTION = 15
+# A lookup walks only the resolutions present in its region: the point's ancestor cell at
+# this resolution (~1,800 km2). Fences elsewhere, of other sizes, then cost it nothing.
+REGION_RESOLUTION = 4
 # Share of a fence's area that its boundary cells may take: the finer the cells, the fewer
 # fixes need the exact test, and the more cells (memory) the fence costs.
 BAND_FRACTION = 0.5
@@ -42,10 +45,10 @@ MAX_BOUNDARY_CELLS = 2048
 # How far, in average edge lengths at a cell's resolution, the cell's fine descendants
 # reach outside its hexagon (measured: at most 0.15 over 100k random points and
 # resolutions 2-12; cells vary in size, hence the margin).
-POKE_OUT_EDGES = 0.0
+POKE_OUT_EDGES = 0.3
 # The largest distance from a cell's centre to its boundary, in average edge lengths
 # (measured: at most 1.103 over 20k cells per resolution, pentagon neighbours included).
-CIRCUMRADIUS_EDGES = 0.8
+CIRCUMRADIUS_EDGES = 1.25
 # Added to every safety distance, in metres: float noise of the transforms.
 SAFETY_M = 1.0
 # Boundary cells have their centres within the safety distance on either side of the
@@ -145,12 +148,12 @@ def cover_cells(
     while True:
         margin = safety_m(resolution)
         candidates = _cells(shape.cover_polygon(margin), resolution)
+        inside = _cells(shape.interior_polygon(margin), resolution) & candidates
+        boundary = candidates - inside
         # Estimates can be off for intricate shapes: coarsen until the bound holds.
-        if len(candidates) <= 2 * max_cells or resolution == 0:
+        if len(boundary) <= 2 * max_cells or resolution == 0:
             break
         resolution -= 1
-    inside = _cells(shape.interior_polygon(margin), resolution) & candidates
-    boundary = candidates - inside
     return Cover(
         resolution=resolution,
         interior=tuple(sorted(h3.compact_cells(list(inside)))),
@@ -294,6 +297,38 @@ class _Indexed:
         self.cells = array("Q", (*cover.interior, *cover.boundary))
 
 
+class _Table:
+    """The cells of one region (or those coarser than regions): a small table that stays
+    in the CPU cache however many fences lie elsewhere, and the resolutions to walk."""
+
+    __slots__ = ("cells", "counts", "walk")
+
+    def __init__(self) -> None:
+        # Cell -> (fence, interior) pairs. Most cells hold one fence, so the one-element
+        # tuples are shared per fence rather than built per cell.
+        self.cells: dict[int, tuple[Candidate, ...]] = {}
+        self.counts: Counter[int] = Counter()  # cells per resolution
+        self.walk: tuple[int, ...] = ()  # the resolutions present, finest first
+
+    def put(self, cell: int, res: int, shared: tuple[Candidate, ...]) -> None:
+        held = self.cells.get(cell)
+        self.cells[cell] = shared if held is None else held + shared
+        self.counts[res] += 1
+
+    def drop(self, cell: int, res: int, fence_id: str) -> None:
+        rest = tuple(c for c in self.cells.get(cell, ()) if c[0].id != fence_id)
+        if rest:
+            self.cells[cell] = rest
+        else:
+            self.cells.pop(cell, None)
+        self.counts[res] -= 1
+        if self.counts[res] <= 0:
+            del self.counts[res]
+
+    def update_walk(self) -> None:
+        self.walk = tuple(sorted(self.counts, reverse=True))
+
+
 class FenceIndex:
     """Fences by H3 cell. Not thread-safe; add and remove between lookups."""
 
@@ -307,12 +342,12 @@ class FenceIndex:
         self._band_fraction = band_fraction
         self._max_cells = max_boundary_cells
         self._fences: dict[str, _Indexed] = {}
-        # Cell -> (fence, interior) pairs. Most cells hold one fence, so the one-element
-        # tuples are shared per fence rather than built per cell.
-        self._cells: dict[int, tuple[Candidate, ...]] = {}
-        self._resolutions: Counter[int] = Counter()
+        # Cells of resolution >= REGION_RESOLUTION by their ancestor there; coarser cells
+        # (large fences) in one table walked for every point.
+        self._regions: dict[int, _Table] = {}
+        self._coarse = _Table()
+        self._resolutions: Counter[int] = Counter()  # cells per resolution, everywhere
         self._finest = -1
-        self._coarser: tuple[int, ...] = ()
         self._grid = _BBoxGrid()
         for fence in fences:
             self.add(fence)
@@ -336,11 +371,19 @@ class FenceIndex:
 
     @property
     def stats(self) -> IndexStats:
+        cells = len(self._coarse.cells) + sum(len(t.cells) for t in self._regions.values())
         return IndexStats(
             fences=len(self._fences),
-            cells=len(self._cells),
+            cells=cells,
             resolutions=tuple(sorted(self._resolutions)),
         )
+
+    @staticmethod
+    def _region(cell: int, res: int) -> int | None:
+        """The region a cell is kept in; None: coarser than regions."""
+        if res < REGION_RESOLUTION:
+            return None
+        return cell if res == REGION_RESOLUTION else h3.cell_to_parent(cell, REGION_RESOLUTION)
 
     def add(self, fence: Fence) -> None:
         """Index `fence`, replacing any fence with the same id."""
@@ -349,15 +392,23 @@ class FenceIndex:
         entry = _Indexed(fence, cover)
         inside: tuple[Candidate, ...] = ((fence, True),)
         edge: tuple[Candidate, ...] = ((fence, False),)
-        cells = self._cells
+        touched: set[_Table] = set()
         for group, shared in ((cover.interior, inside), (cover.boundary, edge)):
             for cell in group:
-                held = cells.get(cell)
-                cells[cell] = shared if held is None else held + shared
-                self._resolutions[h3.get_resolution(cell)] += 1
+                res = h3.get_resolution(cell)
+                region = self._region(cell, res)
+                if region is None:
+                    table = self._coarse
+                else:
+                    table = self._regions.get(region) or self._regions.setdefault(region, _Table())
+                table.put(cell, res, shared)
+                touched.add(table)
+                self._resolutions[res] += 1
+        for table in touched:
+            table.update_walk()
+        self._finest = max(self._resolutions, default=-1)
         self._fences[fence.id] = entry
         self._grid.add(fence)
-        self._update_walk()
 
     def replace_all(self, fences: Iterable[Fence]) -> None:
         """Make the index hold exactly `fences`; fences that did not change keep their cells."""
@@ -374,37 +425,44 @@ class FenceIndex:
         entry = self._fences.pop(fence_id, None)
         if entry is None:
             return None
-        cells = self._cells
+        touched: dict[int | None, _Table] = {}
         for cell in entry.cells:
-            rest = tuple(c for c in cells.get(cell, ()) if c[0].id != fence_id)
-            if rest:
-                cells[cell] = rest
-            else:
-                cells.pop(cell, None)
             res = h3.get_resolution(cell)
+            region = self._region(cell, res)
+            table = self._coarse if region is None else self._regions[region]
+            table.drop(cell, res, fence_id)
+            touched[region] = table
             self._resolutions[res] -= 1
             if self._resolutions[res] <= 0:
                 del self._resolutions[res]
+        for region, table in touched.items():
+            table.update_walk()
+            if region is not None and not table.cells:
+                del self._regions[region]
+        self._finest = max(self._resolutions, default=-1)
         self._grid.remove(entry.fence)
-        self._update_walk()
         return entry.fence
-
-    def _update_walk(self) -> None:
-        walk = sorted(self._resolutions, reverse=True)
-        self._finest = walk[0] if walk else -1
-        self._coarser = tuple(walk[1:])
 
     def candidates(self, lat: float, lon: float) -> list[Candidate]:
         """Fences whose cover holds the point; True: certainly inside in 2D (an interior
         cell), False: the exact test decides. A fence not listed does not contain it."""
-        if self._finest < 0:
+        finest = self._finest
+        if finest < 0:
             return []
-        cells = self._cells
-        fine = h3.latlng_to_cell(lat, lon, self._finest)
-        held = cells.get(fine)
-        found = list(held) if held is not None else []
-        for res in self._coarser:
-            held = cells.get(h3.cell_to_parent(fine, res))
+        parent = h3.cell_to_parent
+        fine = h3.latlng_to_cell(lat, lon, finest)
+        found: list[Candidate] = []
+        if finest >= REGION_RESOLUTION:
+            table = self._regions.get(parent(fine, REGION_RESOLUTION))
+            if table is not None:
+                cells = table.cells
+                for res in table.walk:
+                    held = cells.get(fine if res == finest else parent(fine, res))
+                    if held is not None:
+                        found.extend(held)
+        coarse = self._coarse
+        for res in coarse.walk:
+            held = coarse.cells.get(parent(fine, res))
             if held is not None:
                 found.extend(held)
         return found

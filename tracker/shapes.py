@@ -173,11 +173,14 @@ class _Frame:
 
 
 def _buffered(
-    frame: _Frame, geom_xy: Any, reach_m: float, band: tuple[float, float], outward: bool
+    frame: _Frame, geom_xy: Any, reach_m: float, lats: tuple[float, float], outward: bool
 ) -> Any:
-    """`geom_xy` (frame metres) buffered to a lon/lat polygon that contains (outward) or is
-    contained in (inward) the true set of points within `reach_m` metres of it."""
-    lo, hi = frame.distortion(*band)
+    """`geom_xy` (frame metres; its latitudes span `lats`) buffered to a lon/lat polygon
+    that contains (outward) or is contained in (inward) the true set of points within
+    `reach_m` metres of it."""
+    # The band of latitudes the buffer and the great circles to it stay within.
+    pad = max(reach_m, 0.0) / M_PER_DEG * 1.5
+    lo, hi = frame.distortion(lats[0] - pad, lats[1] + pad)
     if outward:
         distance = (reach_m / lo * (1.0 + _POLYGON_SLACK) + _POLYGON_SLACK_M) * _CHORD_FACTOR
     else:
@@ -234,7 +237,8 @@ class _Area:
             return self.geom
         # Degrees of longitude are the shorter ones, shortest at the highest latitude: a
         # buffer of that many degrees is at least the margin in every direction.
-        widest = max(abs(self.bbox[1]), abs(self.bbox[3]))
+        reach = abs(margin_m) / M_PER_DEG
+        widest = min(max(abs(self.bbox[1]), abs(self.bbox[3])) + reach, 89.0)
         degrees = abs(margin_m) * _CHORD_FACTOR / (M_PER_DEG * math.cos(math.radians(widest)))
         return shapely.buffer(self.geom, math.copysign(degrees, margin_m), quad_segs=_QUAD_SEGS)
 
@@ -347,29 +351,42 @@ class Circle:
     lon: float
     radius_m: float
     _frame: _Frame = field(init=False, repr=False, compare=False)
-    _band: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _lats: tuple[float, float] = field(init=False, repr=False, compare=False)
     _box: BBox = field(init=False, repr=False, compare=False)
+    # For `contains`, the hot path: the centre in radians, and the haversine term `a`
+    # at the radius (comparing `a` skips the asin and sqrt of the distance).
+    _lat_rad: float = field(init=False, repr=False, compare=False)
+    _lon_rad: float = field(init=False, repr=False, compare=False)
+    _cos_lat: float = field(init=False, repr=False, compare=False)
+    _a_max: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_position(self.lon, self.lat)
         if not (math.isfinite(self.radius_m) and self.radius_m > 0.0):
             raise ValueError(f"radius_m must be a positive number of metres, not {self.radius_m}")
-        frame = _Frame(self.lat, self.lon)
-        # Pad the band by the radius: the great circles from the centre stay inside it.
-        pad = self.radius_m / M_PER_DEG * 1.5
-        band = (self.lat - pad, self.lat + pad)
-        if abs(band[0]) > MAX_ABS_LAT or abs(band[1]) > MAX_ABS_LAT:
+        if abs(self.lat) + self.radius_m / M_PER_DEG > MAX_ABS_LAT:
             raise ValueError(f"circle reaches beyond latitude {MAX_ABS_LAT:g}")
-        object.__setattr__(self, "_frame", frame)
-        object.__setattr__(self, "_band", band)
+        object.__setattr__(self, "_frame", _Frame(self.lat, self.lon))
+        object.__setattr__(self, "_lats", (self.lat, self.lat))
         object.__setattr__(self, "_box", _bbox(self.cover_polygon()))
+        object.__setattr__(self, "_lat_rad", math.radians(self.lat))
+        object.__setattr__(self, "_lon_rad", math.radians(self.lon))
+        object.__setattr__(self, "_cos_lat", math.cos(self._lat_rad))
+        half_angle = min(self.radius_m / (2.0 * EARTH_RADIUS_M), math.pi / 2)
+        object.__setattr__(self, "_a_max", math.sin(half_angle) ** 2)
 
     @property
     def bbox(self) -> BBox:
         return self._box
 
     def contains(self, lat: float, lon: float) -> bool:
-        return haversine_m(self.lat, self.lon, lat, lon) <= self.radius_m
+        # haversine_m(...) <= radius_m, without the monotonic 2R asin(sqrt(a)).
+        p2 = math.radians(lat)
+        a = (
+            math.sin((p2 - self._lat_rad) / 2) ** 2
+            + self._cos_lat * math.cos(p2) * math.sin((math.radians(lon) - self._lon_rad) / 2) ** 2
+        )
+        return a <= self._a_max
 
     def distance_to_boundary_m(self, lat: float, lon: float) -> float:
         return abs(haversine_m(self.lat, self.lon, lat, lon) - self.radius_m)
@@ -393,11 +410,11 @@ class Circle:
 
     def cover_polygon(self, margin_m: float = 0.0) -> Any:
         reach = self.radius_m + margin_m
-        return _buffered(self._frame, shapely.Point(0.0, 0.0), reach, self._band, True)
+        return _buffered(self._frame, shapely.Point(0.0, 0.0), reach, self._lats, True)
 
     def interior_polygon(self, margin_m: float = 0.0) -> Any:
         reach = self.radius_m - margin_m
-        return _buffered(self._frame, shapely.Point(0.0, 0.0), reach, self._band, False)
+        return _buffered(self._frame, shapely.Point(0.0, 0.0), reach, self._lats, False)
 
 
 # --- corridors --------------------------------------------------------------------------
@@ -426,7 +443,7 @@ class Corridor:
     _buckets: dict[tuple[int, int], tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _bucket_deg: float = field(init=False, repr=False, compare=False)
     _frame: _Frame = field(init=False, repr=False, compare=False)
-    _band: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _lats: tuple[float, float] = field(init=False, repr=False, compare=False)
     _line_xy: Any = field(init=False, repr=False, compare=False)
     _box: BBox = field(init=False, repr=False, compare=False)
 
@@ -442,18 +459,16 @@ class Corridor:
         lats = [p[1] for p in self.points]
         if max(lons) - min(lons) >= 180.0:
             raise ValueError("spans 180 degrees of longitude or more (antimeridian unsupported)")
-        half = self.width_m / 2.0
-        pad = half / M_PER_DEG * 1.5
-        band = (min(lats) - pad, max(lats) + pad)
-        if abs(band[0]) > MAX_ABS_LAT or abs(band[1]) > MAX_ABS_LAT:
+        reach = self.width_m / 2.0 / M_PER_DEG
+        if max(abs(min(lats)), abs(max(lats))) + reach > MAX_ABS_LAT:
             raise ValueError(f"corridor reaches beyond latitude {MAX_ABS_LAT:g}")
-        frame = _Frame((band[0] + band[1]) / 2.0, (min(lons) + max(lons)) / 2.0)
+        frame = _Frame((min(lats) + max(lats)) / 2.0, (min(lons) + max(lons)) / 2.0)
         line_xy = shapely.transform(shapely.LineString(self.points), frame.to_xy)
         object.__setattr__(self, "_frame", frame)
-        object.__setattr__(self, "_band", band)
+        object.__setattr__(self, "_lats", (min(lats), max(lats)))
         object.__setattr__(self, "_line_xy", line_xy)
         object.__setattr__(self, "_box", _bbox(self.cover_polygon()))
-        self._index_segments(band)
+        self._index_segments((min(lats) - 2 * reach, max(lats) + 2 * reach))
 
     def _index_segments(self, band: tuple[float, float]) -> None:
         segments = tuple(
@@ -549,11 +564,11 @@ class Corridor:
 
     def cover_polygon(self, margin_m: float = 0.0) -> Any:
         reach = self.width_m / 2.0 + margin_m
-        return _buffered(self._frame, self._line_xy, reach, self._band, True)
+        return _buffered(self._frame, self._line_xy, reach, self._lats, True)
 
     def interior_polygon(self, margin_m: float = 0.0) -> Any:
         reach = self.width_m / 2.0 - margin_m
-        return _buffered(self._frame, self._line_xy, reach, self._band, False)
+        return _buffered(self._frame, self._line_xy, reach, self._lats, False)
 
 
 AnyShape = Polygon | MultiPolygon | Circle | Corridor

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
+from typing import TypedDict
 
 import pytest
 import shapely
@@ -62,7 +63,12 @@ def fix(
     )
 
 
-def away(metres: float, bearing: float = 90.0, lat: float = LAT, lon: float = LON) -> dict:
+class Where(TypedDict):
+    lat: float
+    lon: float
+
+
+def away(metres: float, bearing: float = 90.0, lat: float = LAT, lon: float = LON) -> Where:
     """lat/lon keyword arguments of the point `metres` from (lat, lon) along `bearing`."""
     plon, plat = destination(lat, lon, bearing, metres)
     return {"lat": plat, "lon": plon}
@@ -72,7 +78,9 @@ def engine(*fences: Fence, rules: GeofenceRules = NO_WINDOW) -> GeofenceEngine:
     return GeofenceEngine(FenceIndex(fences), rules)
 
 
-def run(eng: GeofenceEngine, fixes: Iterable[Fix], groups: frozenset[str] = frozenset()):
+def run(
+    eng: GeofenceEngine, fixes: Iterable[Fix], groups: frozenset[str] = frozenset()
+) -> list[Event]:
     events: list[Event] = []
     for f in fixes:
         events.extend(eng.offer(f, groups))
@@ -267,6 +275,22 @@ def test_margin_delays_enter_and_exit() -> None:
     assert brief(events) == [("enter", "circle", 20), ("exit", "circle", 50)]
 
 
+def test_margin_against_a_polygon_edge() -> None:
+    eng = engine(SQUARE, rules=GeofenceRules(margin_m=10.0, reorder_window_s=0.0))
+    edge = {"lat": 41.14, "lon": -8.61}  # on the south edge
+    events = run(
+        eng,
+        [
+            fix(0, **away(100, 180, **edge)),
+            fix(10, **away(5, 0, **edge)),  # 5 m inside
+            fix(20, **away(15, 0, **edge)),  # 15 m inside: enter
+            fix(30, **away(8, 180, **edge)),  # 8 m outside
+            fix(40, **away(12, 180, **edge)),  # 12 m outside: exit
+        ],
+    )
+    assert brief(events) == [("enter", "square", 20), ("exit", "square", 40)]
+
+
 def test_margin_on_the_first_fix() -> None:
     rules = GeofenceRules(margin_m=10.0, reorder_window_s=0.0)
     assert run(engine(CIRCLE, rules=rules), [fix(0, **away(95))]) == []
@@ -371,7 +395,7 @@ def test_window_releases_by_newest_fix_time_and_by_tick() -> None:
 def test_a_device_flushing_an_hour_of_buffer_gets_its_events_in_order() -> None:
     eng = engine(CIRCLE, rules=GeofenceRules(reorder_window_s=5.0))
     run(eng, [fix(0, **away(500))])
-    buffered = [fix(60 * i, **(away(500) if i % 2 else {})) for i in range(1, 62)]
+    buffered = [fix(60 * i, **away(500 if i % 2 else 0)) for i in range(1, 62)]
     events = run(eng, buffered) + eng.flush()
     assert [e.kind for e in events] == [ENTER, EXIT] * 30
     assert events == sorted(events, key=lambda e: e.ts)
@@ -459,6 +483,52 @@ def test_schedule_ignores_fixes_outside_its_windows() -> None:
     assert brief(events) == [("enter", "hours", 0), ("exit", "hours", 3600 * 24 * 7 + 60)]
 
 
+def test_schedule_windows_half_open_overnight_and_in_local_time() -> None:
+    lisbon = Schedule(
+        "Europe/Lisbon",
+        (
+            Window(frozenset({0, 1, 2, 3, 4}), time(8), time(18, 30)),
+            Window(frozenset({5}), time(22), time(6)),  # Saturday night into Sunday
+        ),
+    )
+    # 2026-07-06 is a Monday; Lisbon is UTC+1 in summer.
+    monday = datetime(2026, 7, 6, tzinfo=UTC)
+    assert not lisbon.active_at(monday + timedelta(hours=6, minutes=59))  # 07:59 local
+    assert lisbon.active_at(monday + timedelta(hours=7))  # 08:00 local: start included
+    assert lisbon.active_at(monday + timedelta(hours=17, minutes=29))
+    assert not lisbon.active_at(monday + timedelta(hours=17, minutes=30))  # end excluded
+    saturday = monday + timedelta(days=5)
+    assert not lisbon.active_at(saturday + timedelta(hours=20))  # 21:00 local
+    assert lisbon.active_at(saturday + timedelta(hours=21))  # 22:00 local
+    assert lisbon.active_at(saturday + timedelta(hours=28))  # Sunday 05:00 local
+    assert not lisbon.active_at(saturday + timedelta(hours=29))  # Sunday 06:00 local
+    whole_day = Schedule("UTC", (Window(frozenset({6}), time(0), time(0)),))
+    assert whole_day.active_at(monday - timedelta(hours=1))  # Sunday 23:00
+    assert not whole_day.active_at(monday)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Schedule("Nowhere/Atlantis", (Window(frozenset({1}), time(1), time(2)),)), "zone"),
+        (lambda: Schedule("UTC", ()), "at least one window"),
+        (lambda: Window(frozenset(), time(1), time(2)), "at least one day"),
+        (lambda: Window(frozenset({7}), time(1), time(2)), "0 \\(Monday\\) to 6"),
+        (lambda: Fence("bad id", "x", Circle(LAT, LON, 1.0)), "must match"),
+        (lambda: Fence("x", "x", Circle(LAT, LON, 1.0), dwell_s=-1.0), "dwell_s"),
+    ],
+)
+def test_fence_and_schedule_validation(build: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()  # type: ignore[operator]
+
+
+def test_a_device_of_unknown_kind_only_meets_fences_for_all_kinds() -> None:
+    assert not BAND.applies_to(None, frozenset(), T0)
+    assert CIRCLE.applies_to(None, frozenset(), T0)
+    assert BAND.applies_to(DeviceKind.DRONE, frozenset(), T0)
+
+
 # --- fences and devices coming and going --------------------------------------------------
 
 
@@ -525,7 +595,7 @@ def test_rules_are_validated() -> None:
         {"reorder_window_s": -1.0},
     ):
         with pytest.raises(ValueError):
-            GeofenceRules(**bad)  # type: ignore[arg-type]
+            GeofenceRules(**bad)
 
 
 # --- properties -------------------------------------------------------------------------
@@ -540,7 +610,10 @@ def polygon_and_track(draw: st.DrawFn) -> tuple[shapely.Polygon, list[tuple[floa
     angles = sorted(draw(st.lists(st.floats(0, 359), min_size=n, max_size=n, unique=True)))
     radii = draw(st.lists(st.floats(0.2, 1.0), min_size=n, max_size=n))
     ring = [destination(lat, lon, a, radius * r) for a, r in zip(angles, radii, strict=True)]
-    polygon = shapely.Polygon(ring)
+    holes: list[list[tuple[float, float]]] = []
+    if draw(st.booleans()):
+        holes.append([destination(lat, lon, a, radius * 0.1) for a in (0, 90, 180, 270)])
+    polygon = shapely.Polygon(ring, holes)
     assume(polygon.is_valid and polygon.area > 0)
     # A random walk through the polygon's neighbourhood, with some fixes exactly on its
     # vertices (on the boundary: inside).
@@ -550,7 +623,14 @@ def polygon_and_track(draw: st.DrawFn) -> tuple[shapely.Polygon, list[tuple[floa
         track.append(destination(track[-1][1], track[-1][0], bearing, metres))
     for i in draw(st.lists(st.integers(0, len(ring) - 1), max_size=3)):
         track.insert(draw(st.integers(0, len(track))), ring[i])
+    if holes and draw(st.booleans()) is True:
+        track.insert(draw(st.integers(0, len(track))), (lon, lat))  # in the hole
     return polygon, track
+
+
+def as_fence(polygon: shapely.Polygon, dwell_s: float | None = None) -> Fence:
+    holes = tuple(tuple(r.coords) for r in polygon.interiors)
+    return Fence("p", "p", Polygon(tuple(polygon.exterior.coords), holes), dwell_s=dwell_s)
 
 
 @settings(max_examples=40, deadline=None)
@@ -559,7 +639,7 @@ def test_engine_inside_equals_shapely_covers_for_every_fix(
     case: tuple[shapely.Polygon, list[tuple[float, float]]],
 ) -> None:
     polygon, track = case
-    fence = Fence("p", "p", Polygon(tuple(polygon.exterior.coords)))
+    fence = as_fence(polygon)
     eng = engine(fence, Fence("tiny", "tiny", Circle(-33.9, 18.4, 3.0)))
     was = False
     for i, (lon, lat) in enumerate(track):
@@ -577,9 +657,7 @@ def test_shuffling_within_the_reorder_window_does_not_change_events(
     case: tuple[shapely.Polygon, list[tuple[float, float]]], seed: int, dwell: bool
 ) -> None:
     polygon, track = case
-    fence = Fence(
-        "p", "p", Polygon(tuple(polygon.exterior.coords)), dwell_s=25.0 if dwell else None
-    )
+    fence = as_fence(polygon, dwell_s=25.0 if dwell else None)
     rules = GeofenceRules(reorder_window_s=30.0)
     fixes = [fix(i * 10, lat=lat, lon=lon) for i, (lon, lat) in enumerate(track)]
     in_order = engine(fence, rules=rules)
