@@ -44,7 +44,7 @@ async def _report_stats(
             await asyncio.wait_for(stop.wait(), every_s)
         report = ingester.stats.report() if ingester is not None else {}
         if tracker is not None:
-            report["tracker"] = dict(sorted(tracker.counts.items()))
+            report["tracker"] = tracker.totals()
         if as_json:
             print(json.dumps(report), flush=True)
             continue
@@ -105,4 +105,4 @@ async def run_stages(
     if ingester is not None:
         log.info("ingest stopped; totals %s", dict(sorted(ingester.stats.counts.items())))
     if tracking is not None:
-        log.info("tracker stopped; totals %s", dict(sorted(tracking.counts.items())))
+        log.info("tracker stopped; totals %s", tracking.totals())

@@ -61,6 +61,10 @@ class LocalServer(abc.ABC):
     def command(self, binary: str, config: Path) -> list[str]: ...
 
     @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 

@@ -125,6 +125,16 @@ class Tracker:
         self.ready = asyncio.Event()
         self._epoch = ""
 
+    def totals(self) -> dict[str, int]:
+        """The tracker's counters with its engines': late and duplicate fixes, outliers."""
+        totals = Counter(self.counts)
+        for partition in self.partitions.values():
+            totals.update({f"geofence_{k}": v for k, v in partition.engine.counts.items()})
+            totals["live_late"] += partition.live.late
+        totals["devices"] = sum(len(p.live.devices) for p in self.partitions.values())
+        totals["fences"] = len(self.index)
+        return dict(sorted(totals.items()))
+
     # --- life cycle -----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
