@@ -22,9 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import msgspec
+import psycopg
 import redis.asyncio as redis
 
 from fleetpulse.database import Conn, connect
+from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from tracker import live as live_state
 from tracker import store
@@ -47,6 +49,8 @@ FENCE_POLL_INTERVAL_S = 5.0
 # covers batches that were slow to commit (the engines drop what they already saw).
 REREAD_MARGIN = timedelta(minutes=5)
 START_OF_STREAM = "0-0"
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
 NO_GROUPS: frozenset[str] = frozenset()
 
 
@@ -138,9 +142,27 @@ class Tracker:
     # --- life cycle -----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Track until `stop`. Losing PostgreSQL or Redis restarts from the last checkpoint
+        after a pause: the checkpoint, the streams and the telemetry hold everything after
+        it, and re-applying it yields the same events."""
+        backoff = RESTART_MIN_S
+        while not stop.is_set():
+            try:
+                await self._run_once(stop)
+                return
+            except (redis.RedisError, OSError, psycopg.OperationalError, ServiceUnavailable) as exc:
+                self.counts["restarts"] += 1
+                self.partitions = {}
+                log.warning("tracker lost a service (%s); resuming in %.1f s", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, RESTART_MAX_S)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
         client = redis.Redis.from_url(self._settings.redis_url)
-        conn = await connect(self._settings.database_url)
+        conn: Conn | None = None
         try:
+            conn = await connect(self._settings.database_url)
             live = RedisLive(client)
             await self._reload_fences(conn)
             await self._start(conn, client, live)
@@ -152,10 +174,12 @@ class Tracker:
                 self.owned,
             )
             await self._loop(stop, conn, client, live)
+            # Only a clean stop checkpoints here: after a failure, what was processed since
+            # the last checkpoint may not all be stored and published, so it is done again.
+            await self._checkpoint(conn)
         finally:
-            with contextlib.suppress(Exception):
-                await self._checkpoint(conn)
-            await conn.close()
+            if conn is not None:
+                await conn.close()
             await client.aclose()
 
     async def _loop(

@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from fleetpulse.database import connect
+from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings
 from tests.conftest import eventually, make_settings, running_ingester, running_tracker
 from tests.publisher import connect as mqtt_connect
@@ -147,3 +148,28 @@ async def test_last_will_makes_an_offline_event(settings: Settings) -> None:
         state = await live.device("van-4")
         assert state is not None and state.status == "offline"
     assert await stored_events(settings.database_url) == [("van-4", "offline", None)]
+
+
+async def test_tracker_rides_out_a_redis_restart(database_url: str, broker: Mosquitto) -> None:
+    with Redis() as own_redis:
+        settings = make_settings(
+            database_url=database_url,
+            mqtt_url=broker.url,
+            redis_url=own_redis.url,
+            reorder_window="0",
+        )
+        await add_fence(database_url)
+        t0 = int(time.time() * 1000) - 120_000
+        async with running_ingester(settings), running_tracker(settings) as tracker:
+            await publish(broker.url, fixes("van-5", t0, TRACK[:4]))
+            await eventually(lambda: tracker.counts["events"] >= 1)
+            own_redis.restart()  # persistence on: same data, same epoch
+            await publish(broker.url, fixes("van-5", t0 + 40_000, TRACK[4:]))
+            await eventually(lambda: tracker.counts["events"] >= 1 and _has_exit(database_url))
+            assert tracker.counts["restarts"] >= 1
+    kinds = [kind for _, kind, _ in await stored_events(database_url)]
+    assert kinds == ["enter", "exit"]
+
+
+async def _has_exit(url: str) -> bool:
+    return any(kind == "exit" for _, kind, _ in await stored_events(url))
