@@ -180,35 +180,29 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
     print(f"timescaledb extension available: {'yes' if current.timescaledb_available else 'no'}")
 
 
-async def _ingest(settings: Settings, args: argparse.Namespace) -> None:
+async def _run_stages(
+    settings: Settings, args: argparse.Namespace, *, ingest: bool, tracker: bool
+) -> None:
     await app.run_stages(
         settings,
-        ingest=True,
-        tracker=False,
+        ingest=ingest,
+        tracker=tracker,
         stats_every_s=args.stats_every,
         stats_json=args.stats_json,
     )
+
+
+async def _ingest(settings: Settings, args: argparse.Namespace) -> None:
+    await _run_stages(settings, args, ingest=True, tracker=False)
 
 
 async def _tracker(settings: Settings, args: argparse.Namespace) -> None:
-    await app.run_stages(
-        settings,
-        ingest=False,
-        tracker=True,
-        stats_every_s=args.stats_every,
-        stats_json=args.stats_json,
-    )
+    await _run_stages(settings, args, ingest=False, tracker=True)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
     await app.prepare_database(settings)
-    await app.run_stages(
-        settings,
-        ingest=True,
-        tracker=True,
-        stats_every_s=args.stats_every,
-        stats_json=args.stats_json,
-    )
+    await _run_stages(settings, args, ingest=True, tracker=True)
 
 
 async def _history(settings: Settings, args: argparse.Namespace) -> None:

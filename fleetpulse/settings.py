@@ -42,24 +42,26 @@ def format_duration(value: timedelta) -> str:
     return "0"
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
+    if value < minimum:
+        raise ValueError(
+            f"must be greater than 0, got {value}"
+            if minimum == 1
+            else f"must be 0 or more, got {value}"
+        )
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def _url(*schemes: str) -> Callable[[str], str]:

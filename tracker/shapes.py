@@ -261,8 +261,33 @@ def _check_ring(ring: Ring, what: str) -> None:
         raise ValueError(f"{what} is not closed (first and last positions differ)")
 
 
+class _AreaShape:
+    """The Shape methods of an area-like shape, answered by its `_Area`."""
+
+    _area: _Area
+
+    @property
+    def bbox(self) -> BBox:
+        return self._area.bbox
+
+    def contains(self, lat: float, lon: float) -> bool:
+        return self._area.contains(lat, lon)
+
+    def distance_to_boundary_m(self, lat: float, lon: float) -> float:
+        return self._area.distance_to_boundary_m(lat, lon)
+
+    def segment_crosses(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
+        return self._area.segment_crosses(lat1, lon1, lat2, lon2)
+
+    def cover_polygon(self, margin_m: float = 0.0) -> Any:
+        return self._area.widened(margin_m)
+
+    def interior_polygon(self, margin_m: float = 0.0) -> Any:
+        return self._area.widened(-margin_m)
+
+
 @dataclass(frozen=True)
-class Polygon:
+class Polygon(_AreaShape):
     """A polygon with optional holes; rings are closed lists of (lon, lat)."""
 
     exterior: Ring
@@ -282,28 +307,9 @@ class Polygon:
     def to_shapely(self) -> Any:
         return shapely.Polygon(self.exterior, self.holes)
 
-    @property
-    def bbox(self) -> BBox:
-        return self._area.bbox
-
-    def contains(self, lat: float, lon: float) -> bool:
-        return self._area.contains(lat, lon)
-
-    def distance_to_boundary_m(self, lat: float, lon: float) -> float:
-        return self._area.distance_to_boundary_m(lat, lon)
-
-    def segment_crosses(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
-        return self._area.segment_crosses(lat1, lon1, lat2, lon2)
-
-    def cover_polygon(self, margin_m: float = 0.0) -> Any:
-        return self._area.widened(margin_m)
-
-    def interior_polygon(self, margin_m: float = 0.0) -> Any:
-        return self._area.widened(-margin_m)
-
 
 @dataclass(frozen=True)
-class MultiPolygon:
+class MultiPolygon(_AreaShape):
     """Several non-overlapping polygons, each with optional holes."""
 
     polygons: tuple[Polygon, ...]
@@ -319,25 +325,6 @@ class MultiPolygon:
 
     def to_shapely(self) -> Any:
         return shapely.MultiPolygon([p.to_shapely() for p in self.polygons])
-
-    @property
-    def bbox(self) -> BBox:
-        return self._area.bbox
-
-    def contains(self, lat: float, lon: float) -> bool:
-        return self._area.contains(lat, lon)
-
-    def distance_to_boundary_m(self, lat: float, lon: float) -> float:
-        return self._area.distance_to_boundary_m(lat, lon)
-
-    def segment_crosses(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
-        return self._area.segment_crosses(lat1, lon1, lat2, lon2)
-
-    def cover_polygon(self, margin_m: float = 0.0) -> Any:
-        return self._area.widened(margin_m)
-
-    def interior_polygon(self, margin_m: float = 0.0) -> Any:
-        return self._area.widened(-margin_m)
 
 
 # --- circles ----------------------------------------------------------------------------
