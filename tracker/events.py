@@ -24,10 +24,19 @@ class EventKind(enum.StrEnum):
     OFFLINE = "offline"
     ONLINE = "online"
     TELEMETRY_GAP = "telemetry_gap"
+    EN_ROUTE = "en_route"
+    APPROACHING = "approaching"
+    ARRIVED = "arrived"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LATE_RISK = "late_risk"
+    LATE_RISK_CLEARED = "late_risk_cleared"
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
-    """`fence_id` is None for device events (offline, online, telemetry gap)."""
+    """`fence_id` names the fence of a geofence event, `delivery_id` the delivery of a
+    delivery event; both are None for device events (offline, online, telemetry gap)."""
 
     device_id: str
     kind: EventKind
@@ -37,8 +46,10 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     lon: float | None = None
     alt: float | None = None
     detail: str = ""
+    delivery_id: str | None = None
 
     @property
     def id(self) -> str:
         micros = (self.ts - _EPOCH) // timedelta(microseconds=1)
-        return f"{self.device_id}|{self.fence_id or '-'}|{self.kind.value}|{micros}"
+        subject = self.fence_id or self.delivery_id or "-"
+        return f"{self.device_id}|{subject}|{self.kind.value}|{micros}"
