@@ -25,9 +25,10 @@ from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
 from ingest import store
 from ingest.schema import TELEMETRY_COLUMNS, status
 from mqtt.rejects import Reason
-from tracker import geojson
+from tracker import delivery_store, geojson
 from tracker import store as tracker_store
-from tracker.events import EventKind
+from tracker.deliveries import Delivery, DeliveryState, ServiceType
+from tracker.events import Event, EventKind
 from tracker.redis_live import RedisLive, event_message
 
 
@@ -130,6 +131,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups.add_argument("id")
     groups.add_argument("groups", nargs="*", metavar="GROUP")
+    deliveries = command("deliveries", "create, change and follow deliveries")
+    delivery_actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = delivery_actions.add_parser("create", help="a new delivery; prints its tracking token")
+    create.add_argument("id")
+    update = delivery_actions.add_parser("update", help="a last-minute change")
+    update.add_argument("id")
+    for sub, required in ((create, True), (update, False)):
+        sub.add_argument("--vehicle", required=required, help="the vehicle or drone serving it")
+        sub.add_argument("--dest", type=_lat_lon, required=required, metavar="LAT,LON")
+        sub.add_argument("--radius-m", type=float, help="drop-zone radius (default 50)")
+        sub.add_argument("--window-start", type=parse_time, required=required, metavar="T")
+        sub.add_argument("--window-end", type=parse_time, required=required, metavar="T")
+        sub.add_argument("--sequence", type=int, help="order among the vehicle's stops")
+        sub.add_argument("--service-s", type=float, help="planned time at the stop")
+    create.add_argument("--zone", metavar="FILE", help="GeoJSON Polygon drop zone instead")
+    create.add_argument("--service-type", choices=[t.value for t in ServiceType])
+    create.add_argument("--token-expires", type=parse_time, metavar="T")
+    listing = delivery_actions.add_parser("list", help="one JSON line per delivery")
+    listing.add_argument("--vehicle")
+    listing.add_argument("--active", action="store_true", help="only those not finished")
+    delivery_actions.add_parser("show", help="one delivery").add_argument("id")
+    outcome = delivery_actions.add_parser("report", help="delivered or failed, as reported")
+    outcome.add_argument("id")
+    outcome.add_argument("outcome", choices=["delivered", "failed"])
+    outcome.add_argument("--detail", default="")
+    cancel = delivery_actions.add_parser("cancel", help="cancel a delivery")
+    cancel.add_argument("id")
+    cancel.add_argument("--detail", default="")
     stats = command("stats", "devices, fixes and rejects in the database")
     stats.add_argument("--json", action="store_true")
     return parser
@@ -280,6 +309,115 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{name}: {n}")
 
 
+def _lat_lon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a position on Earth")
+    return lat, lon
+
+
+def _delivery_record(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "vehicle_id": delivery.vehicle_id,
+        "dest": [delivery.dest_lat, delivery.dest_lon],
+        "drop_radius_m": None if delivery.zone else delivery.drop_radius_m,
+        "drop_zone": delivery.zone is not None,
+        "window": [delivery.window_start.isoformat(), delivery.window_end.isoformat()],
+        "service_type": delivery.service_type.value,
+        "sequence": delivery.sequence,
+        "service_s": delivery.service_s,
+        "state": delivery.state.value,
+        "late_risk": delivery.late_risk,
+    }
+
+
+async def _deliveries(settings: Settings, args: argparse.Namespace) -> None:
+    zone = None
+    if getattr(args, "zone", None):
+        try:
+            zone = json.loads(await asyncio.to_thread(_read_input, args.zone))
+        except ValueError as exc:
+            raise FleetPulseError(f"{args.zone}: not JSON: {exc}") from None
+        zone = zone.get("geometry", zone) if isinstance(zone, dict) else zone
+    conn = await connect(settings.database_url)
+    try:
+        events: list[Event] = []
+        if args.action == "create":
+            token = await delivery_store.create(
+                conn,
+                delivery_store.NewDelivery(
+                    id=args.id,
+                    vehicle_id=args.vehicle,
+                    dest_lat=args.dest[0],
+                    dest_lon=args.dest[1],
+                    window_start=args.window_start,
+                    window_end=args.window_end,
+                    drop_radius_m=args.radius_m or 50.0,
+                    drop_zone=zone,
+                    service_type=ServiceType(args.service_type or "standard"),
+                    sequence=args.sequence or 0,
+                    service_s=args.service_s if args.service_s is not None else 120.0,
+                    token_expires_at=args.token_expires,
+                ),
+            )
+            print(json.dumps({"id": args.id, "tracking_token": token}))
+        elif args.action == "update":
+            window = None
+            if args.window_start or args.window_end:
+                current = await delivery_store.get(conn, args.id)
+                window = (
+                    args.window_start or current.window_start,
+                    args.window_end or current.window_end,
+                )
+            change = delivery_store.Change(
+                vehicle_id=args.vehicle,
+                dest=args.dest,
+                drop_radius_m=args.radius_m,
+                window=window,
+                sequence=args.sequence,
+                service_s=args.service_s,
+            )
+            print(json.dumps(_delivery_record(await delivery_store.change(conn, args.id, change))))
+        elif args.action in ("report", "cancel"):
+            outcome = DeliveryState(args.outcome if args.action == "report" else "cancelled")
+            events = await delivery_store.report(
+                conn, args.id, outcome, datetime.now(UTC), args.detail
+            )
+            await tracker_store.save_events(conn, events)
+            print(json.dumps(_delivery_record(await delivery_store.get(conn, args.id))))
+        else:
+            found = (
+                [await delivery_store.get(conn, args.id)]
+                if args.action == "show"
+                else await delivery_store.listing(
+                    conn, vehicle_id=args.vehicle, active_only=args.active
+                )
+            )
+            for delivery in found:
+                print(json.dumps(_delivery_record(delivery)))
+    except geojson.FenceFormatError as exc:
+        raise FleetPulseError(f"drop zone: {exc}") from None
+    finally:
+        await conn.close()
+    if events:
+        await _publish(settings, events)
+
+
+async def _publish(settings: Settings, events: list[Event]) -> None:
+    """Stored already; a Redis outage only delays what live clients see."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        await RedisLive(client).write([], events)
+    except redis.RedisError as exc:
+        print(f"fleetpulse: stored, but not published to Redis: {exc}", file=sys.stderr)
+    finally:
+        await client.aclose()
+
+
 def _read_input(name: str) -> bytes:
     try:
         return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
@@ -370,5 +508,6 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any
     "stats": _stats,
     "geofences": _geofences,
     "events": _events,
+    "deliveries": _deliveries,
     "devices": _devices,
 }

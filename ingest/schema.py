@@ -196,9 +196,59 @@ async def _v2_tracker(conn: Conn, mode: StorageMode) -> None:
         )
 
 
+_V3_DELIVERIES = """
+ALTER TABLE events ADD COLUMN delivery_id text;
+CREATE INDEX events_delivery_idx ON events (delivery_id, ts) WHERE delivery_id IS NOT NULL;
+
+CREATE TABLE deliveries (
+    id               text             PRIMARY KEY,
+    vehicle_id       text             NOT NULL,
+    dest_lat         double precision NOT NULL CHECK (dest_lat BETWEEN -90 AND 90),
+    dest_lon         double precision NOT NULL CHECK (dest_lon BETWEEN -180 AND 180),
+    drop_radius_m    real             NOT NULL DEFAULT 50 CHECK (drop_radius_m > 0),
+    drop_zone        jsonb,
+    window_start     timestamptz      NOT NULL,
+    window_end       timestamptz      NOT NULL,
+    service_type     text             NOT NULL DEFAULT 'standard',
+    sequence         integer          NOT NULL DEFAULT 0,
+    service_s        real             NOT NULL DEFAULT 120 CHECK (service_s >= 0),
+    state            text             NOT NULL DEFAULT 'scheduled',
+    late_risk        boolean          NOT NULL DEFAULT false,
+    -- The customer's tracking token is shown once; only its hash is kept.
+    token_hash       text             NOT NULL UNIQUE,
+    token_expires_at timestamptz      NOT NULL,
+    created_at       timestamptz      NOT NULL DEFAULT now(),
+    updated_at       timestamptz      NOT NULL DEFAULT now(),
+    CHECK (window_end > window_start)
+);
+CREATE INDEX deliveries_vehicle_idx ON deliveries (vehicle_id, sequence)
+    WHERE state NOT IN ('delivered', 'failed', 'cancelled');
+CREATE INDEX deliveries_updated_idx ON deliveries (updated_at);
+
+-- Every ETA published, and the arrival it turned out to have: the deployment's own accuracy.
+CREATE TABLE eta_predictions (
+    delivery_id  text             NOT NULL,
+    predicted_at timestamptz      NOT NULL,
+    vehicle_id   text             NOT NULL,
+    lat          double precision NOT NULL,
+    lon          double precision NOT NULL,
+    p50          timestamptz      NOT NULL,
+    p90          timestamptz      NOT NULL,
+    method       text             NOT NULL,
+    arrived_at   timestamptz,
+    PRIMARY KEY (delivery_id, predicted_at)
+);
+"""
+
+
+async def _v3_deliveries(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V3_DELIVERIES)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
+    Migration(3, "deliveries, ETA predictions, delivery events", _v3_deliveries),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -38,6 +38,7 @@ class EventMessage(msgspec.Struct, frozen=True):
     lon: float | None
     alt: float | None
     detail: str
+    delivery_id: str | None
 
 
 def event_message(event: Event) -> EventMessage:
@@ -51,6 +52,7 @@ def event_message(event: Event) -> EventMessage:
         lon=event.lon,
         alt=event.alt,
         detail=event.detail,
+        delivery_id=event.delivery_id,
     )
 
 

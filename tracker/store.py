@@ -17,7 +17,18 @@ from tracker.events import Event, EventKind
 from tracker.positions import Fix
 
 REREAD_FETCH_ROWS = 10_000
-_EVENT_COLUMNS = ("id", "device_id", "kind", "ts", "fence_id", "lat", "lon", "alt", "detail")
+_EVENT_COLUMNS = (
+    "id",
+    "device_id",
+    "kind",
+    "ts",
+    "fence_id",
+    "lat",
+    "lon",
+    "alt",
+    "detail",
+    "delivery_id",
+)
 
 
 @dataclass(frozen=True)
@@ -86,13 +97,24 @@ async def save_events(conn: Conn, events: list[Event]) -> int:
         return 0
     columns: list[list[Any]] = [[] for _ in _EVENT_COLUMNS]
     for e in events:
-        values = (e.id, e.device_id, e.kind.value, e.ts, e.fence_id, e.lat, e.lon, e.alt, e.detail)
+        values = (
+            e.id,
+            e.device_id,
+            e.kind.value,
+            e.ts,
+            e.fence_id,
+            e.lat,
+            e.lon,
+            e.alt,
+            e.detail,
+            e.delivery_id,
+        )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     cur = await conn.execute(
         f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)})"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-        " %s::text[], %s::float8[], %s::float8[], %s::float4[], %s::text[])"
+        " %s::text[], %s::float8[], %s::float8[], %s::float4[], %s::text[], %s::text[])"
         " ON CONFLICT DO NOTHING",
         columns,
     )
@@ -104,13 +126,19 @@ async def events(
     *,
     device_id: str | None = None,
     fence_id: str | None = None,
+    delivery_id: str | None = None,
     kind: EventKind | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> AsyncIterator[Event]:
     """Stored events in event-time order, streamed (server-side cursor)."""
     clauses, params = [], []
-    for column, value in (("device_id", device_id), ("fence_id", fence_id), ("kind", kind)):
+    for column, value in (
+        ("device_id", device_id),
+        ("fence_id", fence_id),
+        ("delivery_id", delivery_id),
+        ("kind", kind),
+    ):
         if value is not None:
             clauses.append(f"{column} = %s")
             params.append(str(value))
@@ -122,13 +150,13 @@ async def events(
         params.append(until)  # type: ignore[arg-type]
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     query = (
-        "SELECT device_id, kind, ts, fence_id, lat, lon, alt, detail FROM events"
+        "SELECT device_id, kind, ts, fence_id, lat, lon, alt, detail, delivery_id FROM events"
         f"{where} ORDER BY ts, id"
     )
     async with conn.transaction(), conn.cursor(name="fleetpulse_events") as cur:
         await cur.execute(query, params)
-        async for device, kind_, ts, fence, lat, lon, alt, detail in cur:
-            yield Event(device, EventKind(kind_), ts, fence, lat, lon, alt, detail)
+        async for device, kind_, ts, fence, lat, lon, alt, detail, delivery in cur:
+            yield Event(device, EventKind(kind_), ts, fence, lat, lon, alt, detail, delivery)
 
 
 # --- checkpoints --------------------------------------------------------------------
