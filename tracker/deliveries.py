@@ -70,6 +70,7 @@ class Eta:
     p50: datetime
     p90: datetime
     computed_at: datetime
+    method: str = "grid"  # how it was estimated: road graph, H3 grid, drone flight
 
 
 class Delivery(msgspec.Struct, kw_only=True):

@@ -18,6 +18,7 @@ from fleetpulse.database import Conn
 from fleetpulse.errors import FleetPulseError
 from tracker import geojson
 from tracker.deliveries import Delivery, DeliveryMachine, DeliveryState, DropZone, ServiceType
+from tracker.delivery_tracking import EtaUpdate
 from tracker.events import Event
 
 TOKEN_BYTES = 24  # 192 random bits, URL-safe: unguessable
@@ -227,15 +228,41 @@ async def change(conn: Conn, delivery_id: str, change: Change) -> Delivery:
     return delivery
 
 
-async def record_state(conn: Conn, delivery: Delivery, was: DeliveryState) -> bool:
-    """Persist a transition the tracker made, unless dispatch changed the delivery since
-    (then the tracker reloads it instead)."""
+async def record_state(conn: Conn, delivery: Delivery, was: DeliveryState, at: datetime) -> bool:
+    """Persist a transition the tracker made at fix time `at`, unless dispatch changed
+    the delivery since (then the tracker reloads it instead). An arrival settles the
+    error of every ETA given for this delivery."""
     cur = await conn.execute(
         "UPDATE deliveries SET state = %s, late_risk = %s, updated_at = clock_timestamp()"
         " WHERE id = %s AND state = %s",
         (delivery.state.value, delivery.late_risk, delivery.id, was.value),
     )
+    if cur.rowcount and delivery.state is DeliveryState.ARRIVED:
+        await conn.execute(
+            "UPDATE eta_predictions SET arrived_at = %s"
+            " WHERE delivery_id = %s AND arrived_at IS NULL",
+            (at, delivery.id),
+        )
     return cur.rowcount > 0
+
+
+async def save_etas(conn: Conn, updates: Sequence[EtaUpdate]) -> None:
+    """Every published ETA is kept, so that accuracy can be measured when it arrives."""
+    for update in updates:
+        await conn.execute(
+            "INSERT INTO eta_predictions (delivery_id, predicted_at, vehicle_id, lat, lon,"
+            " p50, p90, method) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (
+                update.delivery.id,
+                update.eta.computed_at,
+                update.delivery.vehicle_id,
+                update.fix.lat,
+                update.fix.lon,
+                update.eta.p50,
+                update.eta.p90,
+                update.eta.method,
+            ),
+        )
 
 
 async def report(

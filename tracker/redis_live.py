@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import redis.asyncio as redis
 
+from tracker.delivery_tracking import EtaUpdate
 from tracker.events import Event
 from tracker.live import LiveDevice, haversine_m
 
@@ -20,6 +21,7 @@ LIVE_GEO_KEY = "fleetpulse:live"
 DEVICE_KEY_PREFIX = "fleetpulse:device:"
 EVENTS_CHANNEL = "fleetpulse:events"
 POSITIONS_CHANNEL = "fleetpulse:positions"
+ETAS_CHANNEL = "fleetpulse:etas"
 EPOCH_KEY = "fleetpulse:epoch"
 
 _json = msgspec.json.Encoder()
@@ -56,6 +58,30 @@ def event_message(event: Event) -> EventMessage:
     )
 
 
+class EtaMessage(msgspec.Struct, frozen=True):
+    delivery_id: str
+    vehicle_id: str
+    state: str
+    late_risk: bool
+    p50: str
+    p90: str
+    computed_at: str
+    method: str
+
+
+def eta_message(update: EtaUpdate) -> EtaMessage:
+    return EtaMessage(
+        delivery_id=update.delivery.id,
+        vehicle_id=update.delivery.vehicle_id,
+        state=update.delivery.state.value,
+        late_risk=update.delivery.late_risk,
+        p50=update.eta.p50.isoformat(),
+        p90=update.eta.p90.isoformat(),
+        computed_at=update.eta.computed_at.isoformat(),
+        method=update.eta.method,
+    )
+
+
 class RedisLive:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
@@ -67,10 +93,16 @@ class RedisLive:
         value = await self._redis.get(EPOCH_KEY)
         return value.decode() if isinstance(value, bytes) else str(value or fresh)
 
-    async def write(self, devices: Iterable[LiveDevice], events: list[Event]) -> None:
-        """Store states, move the GEO members, publish positions and events: one round trip."""
+    async def write(
+        self,
+        devices: Iterable[LiveDevice],
+        events: list[Event],
+        etas: Sequence[EtaUpdate] = (),
+    ) -> None:
+        """Store states, move the GEO members, publish positions, events and ETAs: one
+        round trip."""
         latest = {d.device_id: d for d in devices}
-        if not latest and not events:
+        if not latest and not events and not etas:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             if latest:
@@ -82,6 +114,8 @@ class RedisLive:
                 pipe.publish(POSITIONS_CHANNEL, _json.encode(list(latest.values())))
             for event in events:
                 pipe.publish(EVENTS_CHANNEL, _json.encode(event_message(event)))
+            for update in etas:
+                pipe.publish(ETAS_CHANNEL, _json.encode(eta_message(update)))
             await pipe.execute()
 
     async def device(self, device_id: str) -> LiveDevice | None:

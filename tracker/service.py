@@ -28,8 +28,10 @@ import redis.asyncio as redis
 from fleetpulse.database import Conn, connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
+from tracker import delivery_store, store
 from tracker import live as live_state
-from tracker import store
+from tracker.deliveries import DeliveryMachine
+from tracker.delivery_tracking import DeliveryTracking, EtaUpdate, StateChange
 from tracker.events import Event
 from tracker.fence_index import FenceIndex
 from tracker.geofencing import GeofenceEngine, GeofenceRules
@@ -45,6 +47,7 @@ READ_COUNT = 200  # stream entries per partition per read (each is a batch's sha
 TICK_INTERVAL_S = 1.0
 CHECKPOINT_INTERVAL_S = 5.0
 FENCE_POLL_INTERVAL_S = 5.0
+DELIVERY_POLL_INTERVAL_S = 1.0
 # Fixes commit some time after they arrive; re-reading this far before the watermark
 # covers batches that were slow to commit (the engines drop what they already saw).
 REREAD_MARGIN = timedelta(minutes=5)
@@ -59,6 +62,10 @@ class _Saved(msgspec.Struct):
     geofence: bytes
 
 
+def _delivery_tracking() -> DeliveryTracking:
+    return DeliveryTracking(DeliveryMachine())
+
+
 @dataclass
 class Partition:
     number: int
@@ -66,7 +73,12 @@ class Partition:
     engine: GeofenceEngine
     stream_id: str = START_OF_STREAM
     watermark: datetime | None = None
+    deliveries: DeliveryTracking = field(
+        default_factory=lambda: DeliveryTracking(DeliveryMachine())
+    )
     changed: dict[str, LiveDevice] = field(default_factory=dict)
+    state_changes: list[StateChange] = field(default_factory=list)
+    eta_updates: list[EtaUpdate] = field(default_factory=list)
 
     def apply(self, handoff: Handoff, groups: dict[str, frozenset[str]]) -> list[Event]:
         events: list[Event] = []
@@ -74,6 +86,10 @@ class Partition:
             state, device_events = self.live.update(fix)
             if state is not None:
                 self.changed[fix.device_id] = state
+                delivery_events, changes, etas = self.deliveries.on_fix(fix)
+                events.extend(delivery_events)
+                self.state_changes.extend(changes)
+                self.eta_updates.extend(etas)
             events.extend(device_events)
             events.extend(self.engine.offer(fix, groups.get(fix.device_id, NO_GROUPS)))
             if self.watermark is None or fix.received_at > self.watermark:
@@ -125,6 +141,7 @@ class Tracker:
         self._fences_version: tuple[int, datetime | None] = (-1, None)
         self.partitions: dict[int, Partition] = {}
         self._groups: dict[str, frozenset[str]] = {}
+        self._deliveries_seen: datetime | None = None
         self.counts: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._epoch = ""
@@ -153,6 +170,7 @@ class Tracker:
             except (redis.RedisError, OSError, psycopg.OperationalError, ServiceUnavailable) as exc:
                 self.counts["restarts"] += 1
                 self.partitions = {}
+                self._deliveries_seen = None
                 log.warning("tracker lost a service (%s); resuming in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
@@ -166,6 +184,7 @@ class Tracker:
             live = RedisLive(client)
             await self._reload_fences(conn)
             await self._start(conn, client, live)
+            await self._reload_deliveries(conn)
             self.ready.set()
             log.info(
                 "tracker %d/%d owns partitions %s",
@@ -186,7 +205,7 @@ class Tracker:
         self, stop: asyncio.Event, conn: Conn, client: redis.Redis, live: RedisLive
     ) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = next_checkpoint = next_fence_poll = loop.time()
+        next_tick = next_checkpoint = next_fence_poll = next_delivery_poll = loop.time()
         while not stop.is_set():
             entries = cast(
                 "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
@@ -213,6 +232,9 @@ class Tracker:
             if now >= next_fence_poll:
                 await self._reload_fences(conn)
                 next_fence_poll = now + FENCE_POLL_INTERVAL_S
+            if now >= next_delivery_poll:
+                await self._reload_deliveries(conn)
+                next_delivery_poll = now + DELIVERY_POLL_INTERVAL_S
             if now >= next_checkpoint:
                 await self._check_redis(conn, client, live)
                 await self._checkpoint(conn)
@@ -235,12 +257,24 @@ class Tracker:
         """Events are stored before they are published, and both before the checkpoint
         moves past the entries that produced them."""
         changed = [s for p in self.partitions.values() for s in p.changed.values()]
+        transitions = [c for p in self.partitions.values() for c in p.state_changes]
+        etas = [u for p in self.partitions.values() for u in p.eta_updates]
         for partition in self.partitions.values():
             partition.changed.clear()
+            partition.state_changes.clear()
+            partition.eta_updates.clear()
         if events:
             self.counts["events_new"] += await store.save_events(conn, events)
             self.counts["events"] += len(events)
-        await live.write(changed, events)
+        if transitions or etas:
+            async with conn.transaction():
+                for transition in transitions:
+                    await delivery_store.record_state(
+                        conn, transition.delivery, transition.was, transition.at
+                    )
+                await delivery_store.save_etas(conn, etas)
+            self.counts["eta_updates"] += len(etas)
+        await live.write(changed, events, etas)
 
     async def _checkpoint(self, conn: Conn) -> None:
         async with conn.transaction():
@@ -334,6 +368,23 @@ class Tracker:
         deleted = info.get("max-deleted-entry-id", b"0-0")
         deleted_id = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
         return _stream_id_key(deleted_id) > _stream_id_key(partition.stream_id)
+
+    # --- deliveries -----------------------------------------------------------------
+
+    async def _reload_deliveries(self, conn: Conn) -> None:
+        """Take what dispatch changed (and, at start, every delivery) into the partitions
+        that own the deliveries' vehicles."""
+        changed, self._deliveries_seen = await delivery_store.changed_since(
+            conn, self._deliveries_seen
+        )
+        if not changed:
+            return
+        count = self._settings.partitions
+        for number, partition in self.partitions.items():
+            mine = [d for d in changed if partition_of(d.vehicle_id, count) == number]
+            partition.deliveries.drop(d.id for d in changed if d not in mine)
+            partition.deliveries.load(mine)
+        self.counts["delivery_reloads"] += len(changed)
 
     # --- fences ---------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ COMMANDS = [
     ["events", "export"],
     ["devices", "near"],
     ["devices", "set-groups"],
+    ["deliveries", "create"],
+    ["deliveries", "update"],
 ]
 
 

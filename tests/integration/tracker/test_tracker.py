@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -16,7 +17,7 @@ from fleetpulse.settings import Settings
 from tests.conftest import eventually, make_settings, running_ingester, running_tracker
 from tests.publisher import connect as mqtt_connect
 from tests.publisher import publish
-from tracker import store
+from tracker import delivery_store, store
 from tracker.redis_live import EVENTS_CHANNEL, RedisLive
 
 # A 300 m circle around Porto's Avenida dos Aliados, and a track that drives through it.
@@ -173,3 +174,37 @@ async def test_tracker_rides_out_a_redis_restart(database_url: str, broker: Mosq
 
 async def _has_exit(url: str) -> bool:
     return any(kind == "exit" for _, kind, _ in await stored_events(url))
+
+
+async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> None:
+    settings = fast(settings)
+    now = datetime.now(UTC)
+    conn = await connect(settings.database_url)
+    await delivery_store.create(
+        conn,
+        delivery_store.NewDelivery(
+            id="parcel-1",
+            vehicle_id="van-6",
+            dest_lat=CENTRE[0],
+            dest_lon=CENTRE[1],
+            window_start=now - timedelta(hours=1),
+            window_end=now + timedelta(hours=1),
+        ),
+    )
+    t0 = int(time.time() * 1000) - 100_000
+    north_m = [5_000, 800, 10, 10, 5]  # far, close, then inside the 50 m zone for 30 s
+    track = [
+        (
+            "fleet/van-6/telemetry",
+            {"ts": t0 + k * 15_000, "lat": CENTRE[0] + m / 111_195, "lon": CENTRE[1]},
+        )
+        for k, m in enumerate(north_m)
+    ]
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        await publish(settings.mqtt_url, track)
+        await eventually(lambda: tracker.counts["events"] >= 3)
+    events = await stored_events(settings.database_url)
+    assert [kind for _, kind, _ in events] == ["en_route", "approaching", "arrived"]
+    stored = await delivery_store.get(conn, "parcel-1")
+    assert stored.state == "arrived"
+    await conn.close()
