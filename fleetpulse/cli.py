@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import redis.asyncio as redis
@@ -25,7 +27,7 @@ from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
 from ingest import store
 from ingest.schema import TELEMETRY_COLUMNS, status
 from mqtt.rejects import Reason
-from tracker import delivery_store, geojson
+from tracker import delivery_store, eta_accuracy, geojson
 from tracker import store as tracker_store
 from tracker.deliveries import Delivery, DeliveryState, ServiceType
 from tracker.events import Event, EventKind
@@ -131,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups.add_argument("id")
     groups.add_argument("groups", nargs="*", metavar="GROUP")
+    eta = command("eta", "ETA accuracy")
+    eta_actions = eta.add_subparsers(dest="action", required=True, metavar="ACTION")
+    eta_report = eta_actions.add_parser(
+        "report", help="MAE, bias and P90 coverage of the ETAs given, by hour and area"
+    )
+    eta_report.add_argument("--since", type=parse_time, metavar="T")
+    eta_report.add_argument("--json", action="store_true")
     deliveries = command("deliveries", "create, change and follow deliveries")
     delivery_actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = delivery_actions.add_parser("create", help="a new delivery; prints its tracking token")
@@ -407,6 +416,27 @@ async def _deliveries(settings: Settings, args: argparse.Namespace) -> None:
         await _publish(settings, events)
 
 
+async def _eta(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url)
+    try:
+        settled = await delivery_store.settled_etas(conn, args.since)
+    finally:
+        await conn.close()
+    rows = eta_accuracy.report(settled, ZoneInfo(settings.timezone))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return
+    if not rows:
+        print("no ETA has been settled by an arrival yet")
+        return
+    print(f"{'group':<24} {'ETAs':>6} {'MAE s':>8} {'bias s':>8} {'P90 cover':>9}")
+    for r in rows:
+        print(
+            f"{r.group:<24} {r.predictions:>6} {r.mae_s:>8.0f} {r.bias_s:>+8.0f}"
+            f" {r.p90_coverage:>9.0%}"
+        )
+
+
 async def _publish(settings: Settings, events: list[Event]) -> None:
     """Stored already; a Redis outage only delays what live clients see."""
     client = redis.Redis.from_url(settings.redis_url)
@@ -509,5 +539,6 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any
     "geofences": _geofences,
     "events": _events,
     "deliveries": _deliveries,
+    "eta": _eta,
     "devices": _devices,
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fleetpulse.errors import ConfigError
 
@@ -110,6 +111,16 @@ def _name(text: str) -> str:
     return text
 
 
+def _time_zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"expected an IANA time zone such as Europe/Lisbon, got {text!r}"
+        ) from None
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -162,6 +173,7 @@ class Settings:
     max_speed_mps: float | None
     h3_fine_res: int
     h3_coarse_res: int
+    timezone: str
     log_level: str
 
     def masked(self) -> dict[str, str]:
@@ -326,6 +338,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("h3_fine_res", "9", _h3_resolution, "fine H3 resolution of live state"),
     Option("h3_coarse_res", "6", _h3_resolution, "coarse H3 resolution (shown to customers)"),
+    Option(
+        "timezone",
+        "UTC",
+        _time_zone,
+        "the fleet's IANA time zone: delivery windows, speed profiles and reports",
+    ),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
 )
 

@@ -19,6 +19,7 @@ from fleetpulse.errors import FleetPulseError
 from tracker import geojson
 from tracker.deliveries import Delivery, DeliveryMachine, DeliveryState, DropZone, ServiceType
 from tracker.delivery_tracking import EtaUpdate
+from tracker.eta_accuracy import Settled
 from tracker.events import Event
 
 TOKEN_BYTES = 24  # 192 random bits, URL-safe: unguessable
@@ -278,3 +279,13 @@ async def report(
         (outcome.value, delivery_id),
     )
     return events
+
+
+async def settled_etas(conn: Conn, since: datetime | None = None) -> list[Settled]:
+    """Published ETAs of deliveries that have arrived since."""
+    cur = await conn.execute(
+        "SELECT predicted_at, lat, lon, p50, p90, arrived_at, method FROM eta_predictions"
+        " WHERE arrived_at IS NOT NULL AND (%(s)s::timestamptz IS NULL OR predicted_at >= %(s)s)",
+        {"s": since},
+    )
+    return [Settled(*row) for row in await cur.fetchall()]

@@ -87,6 +87,7 @@ def test_every_setting_has_an_environment_variable_and_a_flag() -> None:
         "FLEETPULSE_MAX_SPEED_MPS",
         "FLEETPULSE_H3_FINE_RES",
         "FLEETPULSE_H3_COARSE_RES",
+        "FLEETPULSE_TIMEZONE",
         "FLEETPULSE_LOG_LEVEL",
     }
     assert {o.field for o in OPTIONS} == set(Settings.__dataclass_fields__)
@@ -126,6 +127,7 @@ def test_environment_overrides() -> None:
             max_speed_mps="0",
             h3_fine_res="10",
             h3_coarse_res="5",
+            timezone="Europe/Lisbon",
             log_level="debug",
         )
     )
@@ -158,6 +160,7 @@ def test_environment_overrides() -> None:
         max_speed_mps=None,
         h3_fine_res=10,
         h3_coarse_res=5,
+        timezone="Europe/Lisbon",
         log_level="DEBUG",
     )
 
