@@ -13,6 +13,7 @@ from typing import Protocol
 
 from mqtt.codec import Decoded, Ignored, StatusReport
 from mqtt.rejects import Reason, Rejected
+from tracker.handoff import DeliveryReport
 from tracker.positions import Fix
 
 
@@ -32,6 +33,7 @@ class Batch:
         self.sources: dict[tuple[str, datetime], Received] = {}
         self.rejects: list[Rejected] = []
         self.statuses: list[StatusReport] = []
+        self.reports: list[tuple[DeliveryReport, Received]] = []
         self.counts: Counter[str] = Counter()
         self.deliveries: list[Received] = []
 
@@ -48,6 +50,8 @@ class Batch:
                 self.rejects.append(item)
             elif isinstance(item, StatusReport):
                 self.statuses.append(item)
+            elif isinstance(item, DeliveryReport):
+                self.reports.append((item, delivery))
             elif isinstance(item, Ignored):
                 self.counts["ignored_" + item.what] += 1
 

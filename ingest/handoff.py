@@ -8,6 +8,7 @@ from typing import Self
 
 import redis.asyncio as redis
 
+from tracker.events import Event
 from tracker.handoff import StatusChange, encode, split, stream_key
 from tracker.positions import Fix
 
@@ -35,9 +36,11 @@ class StreamHandoff:
     ) -> None:
         await self._redis.aclose()
 
-    async def send(self, fixes: list[Fix], statuses: list[StatusChange]) -> int:
+    async def send(
+        self, fixes: list[Fix], statuses: list[StatusChange], events: list[Event] | None = None
+    ) -> int:
         """One round trip for the whole batch; returns the number of stream entries."""
-        parts = split(fixes, statuses, self._partitions)
+        parts = split(fixes, statuses, self._partitions, events)
         if not parts:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -187,7 +187,7 @@ class Ingester:
         if (
             await self._retrying(
                 "hand-off to the trackers",
-                lambda: handoff.send(fixes, statuses),
+                lambda: handoff.send(fixes, statuses, result.events),
                 (redis.RedisError, OSError),
                 None,
                 len(batch),

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Self
 
 import psycopg
@@ -24,7 +24,10 @@ from ingest.partitions import Partitions
 from ingest.schema import CONTENT_COLUMNS, TELEMETRY_COLUMNS, TELEMETRY_TYPES
 from mqtt.codec import StatusReport
 from mqtt.rejects import Reason, Rejected
+from tracker.events import Event, EventKind
+from tracker.handoff import DeliveryReport
 from tracker.positions import Fix
+from tracker.store import save_events
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class WriteResult:
     status_changes: int = 0
     # Fixes of the batch that were refused (conflicts, storage errors): not handed on.
     refused: set[tuple[str, datetime]] = field(default_factory=set)
+    # Delivery outcomes the drivers reported, stored as events, for the trackers to publish.
+    events: list[Event] = field(default_factory=list)
 
     def add(self, other: WriteResult) -> None:
         self.inserted += other.inserted
@@ -96,6 +101,7 @@ class WriteResult:
         self.quarantined.update(other.quarantined)
         self.status_changes += other.status_changes
         self.refused |= other.refused
+        self.events.extend(other.events)
 
 
 class TelemetryWriter:
@@ -139,7 +145,9 @@ class TelemetryWriter:
         if self._partitions is not None and fixes:
             await self._partitions.ensure(self._db, [f.ts for f in fixes])
         try:
-            return await self._write(fixes, batch, batch.rejects, batch.statuses, batch.counts)
+            return await self._write(
+                fixes, batch, batch.rejects, batch.statuses, batch.counts, batch.reports
+            )
         except psycopg.DataError as exc:
             log.warning("a batch was refused (%s); writing its fixes one by one", exc)
             return await self._write_isolating(fixes, batch)
@@ -154,7 +162,9 @@ class TelemetryWriter:
                 refused.append(_storage_error(fix, batch.sources[fix.key], exc))
                 total.refused.add(fix.key)
         rejects = [*batch.rejects, *refused]
-        total.add(await self._write([], batch, rejects, batch.statuses, batch.counts))
+        total.add(
+            await self._write([], batch, rejects, batch.statuses, batch.counts, batch.reports)
+        )
         return total
 
     async def _write(
@@ -164,6 +174,7 @@ class TelemetryWriter:
         rejects: Sequence[Rejected],
         statuses: Sequence[StatusReport],
         counts: Counter[str],
+        reports: Sequence[tuple[DeliveryReport, Received]] = (),
     ) -> WriteResult:
         result = WriteResult()
         rejects = list(rejects)
@@ -176,6 +187,12 @@ class TelemetryWriter:
                 result.refused.update(conflicts)
                 counts["duplicates"] += result.duplicates
                 touched = await self._touch_devices(fixes)
+            if reports:
+                result.events, refused_reports = await self._apply_reports(reports)
+                rejects.extend(refused_reports)
+                counts["delivery_reports_repeated"] += (
+                    len(reports) - len(result.events) - len(refused_reports)
+                )
             if rejects:
                 await self._quarantine(rejects)
             for status in statuses:
@@ -251,6 +268,41 @@ class TelemetryWriter:
             await self._db.execute(_TOUCH_DEVICES, [list(c) for c in columns], binary=True)
         return {d[0]: (now, d[1]) for d in due}  # type: ignore[misc]
 
+    async def _apply_reports(
+        self, reports: Sequence[tuple[DeliveryReport, Received]]
+    ) -> tuple[list[Event], list[Rejected]]:
+        """Close deliveries as their vehicles' drivers report; a report for a delivery the
+        device does not serve is refused. A repeat of an applied report is neither."""
+        events: list[Event] = []
+        refused: list[Rejected] = []
+        for report, source in reports:
+            cur = await self._db.execute(
+                "WITH target AS (SELECT vehicle_id, state FROM deliveries WHERE id = %(id)s),"
+                " closed AS (UPDATE deliveries SET state = %(outcome)s,"
+                " updated_at = clock_timestamp() WHERE id = %(id)s AND vehicle_id = %(device)s"
+                " AND state NOT IN ('delivered', 'failed', 'cancelled') RETURNING 1)"
+                " SELECT (SELECT count(*) FROM closed), vehicle_id, state FROM target",
+                {"id": report.delivery_id, "outcome": report.outcome, "device": report.device_id},
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                events.append(
+                    Event(
+                        report.device_id,
+                        EventKind(report.outcome),
+                        report.ts,
+                        detail=report.detail,
+                        delivery_id=report.delivery_id,
+                    )
+                )
+                continue
+            problem = _report_problem(report, row)
+            if problem:
+                refused.append(_refusal(report, source, problem))
+        if events:
+            await save_events(self._db, events)
+        return events, refused
+
     async def _quarantine(self, rejects: Sequence[Rejected]) -> None:
         async with self._db.cursor() as cur, cur.copy(_QUARANTINE_COPY) as copy:
             copy.set_types(list(_QUARANTINE_TYPES))
@@ -273,6 +325,30 @@ class TelemetryWriter:
             {"device": status.device_id, "status": status.status, "at": status.received_at},
         )
         return max(cur.rowcount, 0)
+
+
+def _report_problem(report: DeliveryReport, row: tuple[object, ...] | None) -> str:
+    """Why a report was not applied; empty for a repeat of one that was."""
+    if row is None:
+        return f"no delivery {report.delivery_id!r}"
+    _, vehicle, state = row
+    if vehicle != report.device_id:
+        return f"delivery {report.delivery_id!r} is served by another vehicle"
+    if state == report.outcome:
+        return ""
+    return f"delivery {report.delivery_id!r} is {state} already"
+
+
+def _refusal(report: DeliveryReport, source: Received, problem: str) -> Rejected:
+    return Rejected(
+        topic=source.topic,
+        reason=Reason.DELIVERY_REFUSED,
+        detail=problem,
+        raw=source.payload,
+        size=len(source.payload),
+        received_at=datetime.now(UTC),
+        device_id=report.device_id,
+    )
 
 
 def _storage_error(fix: Fix, source: Received, exc: psycopg.DataError) -> Rejected:

@@ -14,6 +14,7 @@ import msgspec
 from mqtt import payloads
 from mqtt.rejects import Reason, Rejected
 from mqtt.topics import Route, TopicScheme, is_valid_device_id
+from tracker.handoff import DeliveryReport
 from tracker.positions import DeviceKind, Fix
 
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -35,7 +36,7 @@ class Ignored(msgspec.Struct, frozen=True):
     what: str
 
 
-Decoded = Fix | Rejected | StatusReport | Ignored
+Decoded = Fix | Rejected | StatusReport | Ignored | DeliveryReport
 # Returns (reason, detail) for a fix that breaks a rule, None for a good one.
 FixCheck = Callable[[Fix], tuple[Reason, str] | None]
 
@@ -90,6 +91,8 @@ class Codec:
             return [reject(Reason.EMPTY_PAYLOAD, "empty payload")]
         if route is Route.OWNTRACKS:
             return [self._owntracks(device_id, payload, received_at, reject)]
+        if route is Route.DELIVERY:
+            return [self._delivery(device_id, payload, reject)]
         return self._telemetry(device_id, payload, received_at, reject)
 
     def _accept(
@@ -197,6 +200,19 @@ class Codec:
             kind=DeviceKind.PHONE,
         )
         return self._accept(fix, payload, reject)
+
+    @staticmethod
+    def _delivery(device_id: str, payload: bytes, reject: Callable[..., Rejected]) -> Decoded:
+        try:
+            p = payloads.delivery_report_decoder.decode(payload)
+            ts = _fix_time(p.ts)
+        except msgspec.ValidationError as exc:
+            return reject(*_classify(exc))
+        except msgspec.DecodeError as exc:
+            return reject(Reason.INVALID_JSON, str(exc))
+        except _Reject as exc:
+            return reject(exc.reason, exc.detail)
+        return DeliveryReport(device_id, p.delivery_id, p.outcome, ts, p.detail[:500])
 
     @staticmethod
     def _status(

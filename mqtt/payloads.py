@@ -6,7 +6,7 @@ Unknown fields are ignored so that devices can add fields without being refused.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -31,6 +31,15 @@ class FixPayload(msgspec.Struct):
     seq: int | None = None
 
 
+class DeliveryReportPayload(msgspec.Struct):
+    """`fleet/<device>/delivery`: the driver closes a delivery from the vehicle."""
+
+    delivery_id: str
+    outcome: Literal["delivered", "failed"]
+    ts: AwareDatetime | int | float
+    detail: str = ""
+
+
 class OwnTracksEnvelope(msgspec.Struct):
     type: str = msgspec.field(name="_type")
 
@@ -51,5 +60,6 @@ class OwnTracksLocation(msgspec.Struct):
 
 fix_decoder = msgspec.json.Decoder(FixPayload)
 raw_array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+delivery_report_decoder = msgspec.json.Decoder(DeliveryReportPayload)
 owntracks_envelope_decoder = msgspec.json.Decoder(OwnTracksEnvelope)
 owntracks_location_decoder = msgspec.json.Decoder(OwnTracksLocation)

@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     INVALID_STATUS = "invalid_status"
     CONFLICT = "conflict"
+    DELIVERY_REFUSED = "delivery_refused"
     STORAGE_ERROR = "storage_error"
 
 

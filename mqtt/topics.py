@@ -2,6 +2,7 @@
 
 <prefix>/<device_id>/telemetry     fixes (JSON object, or array for an offline buffer)
 <prefix>/<device_id>/status        "online" / "offline" (the device's retained last will)
+    <prefix>/<device_id>/delivery      the driver's outcome of a delivery: delivered / failed
 owntracks/<user>/<device>          OwnTracks app messages, device id "<user>:<device>"
 """
 
@@ -18,6 +19,7 @@ DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 class Route(enum.Enum):
     TELEMETRY = "telemetry"
     STATUS = "status"
+    DELIVERY = "delivery"
     OWNTRACKS = "owntracks"
     OWNTRACKS_SUBTOPIC = "owntracks_subtopic"
     UNKNOWN = "unknown"
@@ -51,6 +53,7 @@ class TopicScheme:
         return [
             f"{self.prefix}/+/telemetry",
             f"{self.prefix}/+/status",
+            f"{self.prefix}/+/delivery",
             f"{self.owntracks_prefix}/#",
         ]
 
@@ -66,6 +69,8 @@ class TopicScheme:
                 return Addressed(Route.TELEMETRY, parts[0])
             if len(parts) == 2 and parts[1] == "status":
                 return Addressed(Route.STATUS, parts[0])
+            if len(parts) == 2 and parts[1] == "delivery":
+                return Addressed(Route.DELIVERY, parts[0])
         if topic.startswith(self._owntracks_head):
             parts = topic[len(self._owntracks_head) :].split("/")
             if len(parts) >= 2 and parts[0] and parts[1]:

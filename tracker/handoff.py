@@ -12,6 +12,7 @@ from datetime import datetime
 
 import msgspec
 
+from tracker.events import Event
 from tracker.positions import Fix
 
 
@@ -23,9 +24,21 @@ class StatusChange(msgspec.Struct, frozen=True, gc=False):
     ts: datetime
 
 
+class DeliveryReport(msgspec.Struct, frozen=True, gc=False):
+    """A driver's outcome of a delivery, reported from the vehicle's own device."""
+
+    device_id: str
+    delivery_id: str
+    outcome: str  # "delivered" | "failed"
+    ts: datetime
+    detail: str = ""
+
+
 class Handoff(msgspec.Struct, frozen=True, gc=False):
     fixes: list[Fix]
     statuses: list[StatusChange] = []
+    # Events ingest stored itself (delivery outcomes): the tracker publishes them.
+    events: list[Event] = []
 
 
 def partition_of(device_id: str, partitions: int) -> int:
@@ -50,11 +63,25 @@ def decode(data: bytes) -> Handoff:
     return _decoder.decode(data)
 
 
-def split(fixes: list[Fix], statuses: list[StatusChange], partitions: int) -> dict[int, Handoff]:
-    """The batch's fixes and statuses grouped by partition, in their original order."""
-    grouped: dict[int, tuple[list[Fix], list[StatusChange]]] = {}
+def split(
+    fixes: list[Fix],
+    statuses: list[StatusChange],
+    partitions: int,
+    events: list[Event] | None = None,
+) -> dict[int, Handoff]:
+    """The batch's fixes, statuses and events grouped by partition, in their order."""
+    grouped: dict[int, Handoff] = {}
+
+    def part(device_id: str) -> Handoff:
+        number = partition_of(device_id, partitions)
+        if number not in grouped:
+            grouped[number] = Handoff([], [], [])
+        return grouped[number]
+
     for fix in fixes:
-        grouped.setdefault(partition_of(fix.device_id, partitions), ([], []))[0].append(fix)
+        part(fix.device_id).fixes.append(fix)
     for status in statuses:
-        grouped.setdefault(partition_of(status.device_id, partitions), ([], []))[1].append(status)
-    return {p: Handoff(f, s) for p, (f, s) in grouped.items()}
+        part(status.device_id).statuses.append(status)
+    for event in events or []:
+        part(event.device_id).events.append(event)
+    return grouped

@@ -94,6 +94,7 @@ class Partition:
             events.extend(self.engine.offer(fix, groups.get(fix.device_id, NO_GROUPS)))
             if self.watermark is None or fix.received_at > self.watermark:
                 self.watermark = fix.received_at
+        events.extend(handoff.events)  # stored by ingest; published with the rest
         for change in handoff.statuses:
             state, device_events = self.live.status_change(change)
             if state is not None:

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import redis
 import redis.asyncio as aioredis
 
@@ -208,3 +209,48 @@ async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> 
     stored = await delivery_store.get(conn, "parcel-1")
     assert stored.state == "arrived"
     await conn.close()
+
+
+async def test_drivers_close_deliveries_over_mqtt_and_only_their_own(settings: Settings) -> None:
+    settings = fast(settings)
+    now = datetime.now(UTC)
+    conn = await connect(settings.database_url)
+    for delivery_id in ("parcel-2", "parcel-3"):
+        await delivery_store.create(
+            conn,
+            delivery_store.NewDelivery(
+                id=delivery_id,
+                vehicle_id="van-7",
+                dest_lat=CENTRE[0],
+                dest_lon=CENTRE[1],
+                window_start=now,
+                window_end=now + timedelta(hours=2),
+            ),
+        )
+    ms = int(time.time() * 1000)
+    report = {"delivery_id": "parcel-2", "outcome": "delivered", "ts": ms, "detail": "porch"}
+    async with running_ingester(settings) as ingester, running_tracker(settings) as tracker:
+        await publish(
+            settings.mqtt_url,
+            [
+                ("fleet/van-7/delivery", report),
+                ("fleet/van-7/delivery", report),  # the same report again: applied once
+                ("fleet/van-8/delivery", {**report, "delivery_id": "parcel-3"}),
+                ("fleet/van-7/delivery", {**report, "delivery_id": "nope"}),
+                ("fleet/van-7/delivery", {**report, "outcome": "lost"}),
+            ],
+        )
+        await eventually(lambda: ingester.stats.counts["acked"] >= 5)
+        await eventually(lambda: tracker.counts["events"] >= 1)
+    assert (await delivery_store.get(conn, "parcel-2")).state == "delivered"
+    assert (await delivery_store.get(conn, "parcel-3")).state == "scheduled"
+    await conn.close()
+    assert await stored_events(settings.database_url) == [("van-7", "delivered", None)]
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as db:
+        cur = await db.execute("SELECT reason, detail FROM quarantine ORDER BY id")
+        refused = await cur.fetchall()
+    assert sorted(refused) == [
+        ("delivery_refused", "delivery 'parcel-3' is served by another vehicle"),
+        ("delivery_refused", "no delivery 'nope'"),
+        ("invalid_field", "Invalid enum value 'lost' - at `$.outcome`"),
+    ]

@@ -11,6 +11,7 @@ from ingest.validation import FixRules
 from mqtt.codec import MAX_PAYLOAD_BYTES, Codec, Ignored, StatusReport
 from mqtt.rejects import Reason, Rejected
 from mqtt.topics import TopicScheme
+from tracker.handoff import DeliveryReport
 from tracker.positions import DeviceKind, Fix
 
 RECEIVED_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -722,10 +723,29 @@ def test_reason_example(codec: Codec, topic: str, payload: bytes, reason: Reason
 
 def test_every_device_input_reason_has_an_example() -> None:
     # NOT_FINITE cannot travel in JSON (see test_validation); CONFLICT comes from the
-    # batch, STORAGE_ERROR from the writer.
+    # batch; STORAGE_ERROR and DELIVERY_REFUSED from the writer, which looks at the rows.
     covered = {reason for _, _, reason in REASON_EXAMPLES}
-    expected = set(Reason) - {Reason.NOT_FINITE, Reason.CONFLICT, Reason.STORAGE_ERROR}
+    from_writer = {Reason.CONFLICT, Reason.STORAGE_ERROR, Reason.DELIVERY_REFUSED}
+    expected = set(Reason) - {Reason.NOT_FINITE} - from_writer
     assert covered == expected
+
+
+def test_delivery_reports_decode_with_their_fix_time(codec: Codec) -> None:
+    payload = (
+        b'{"delivery_id": "p-1", "outcome": "failed", "ts": "2026-11-27T09:00:00+01:00",'
+        b' "detail": "nobody home"}'
+    )
+    [report] = codec.decode("fleet/van-1/delivery", payload, RECEIVED_AT)
+    assert isinstance(report, DeliveryReport)
+    assert (report.device_id, report.delivery_id, report.outcome, report.detail) == (
+        "van-1",
+        "p-1",
+        "failed",
+        "nobody home",
+    )
+    assert report.ts == datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    [bad] = codec.decode("fleet/van-1/delivery", b'{"delivery_id": "p-1"}', RECEIVED_AT)
+    assert isinstance(bad, Rejected) and bad.reason is Reason.MISSING_FIELD
 
 
 def test_received_at_is_carried_not_the_clock(codec: Codec) -> None:

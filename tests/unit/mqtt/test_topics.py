@@ -8,13 +8,19 @@ from mqtt.topics import Addressed, Route, TopicScheme, is_valid_device_id
 
 
 def test_default_filters() -> None:
-    assert TopicScheme().filters() == ["fleet/+/telemetry", "fleet/+/status", "owntracks/#"]
+    assert TopicScheme().filters() == [
+        "fleet/+/telemetry",
+        "fleet/+/status",
+        "fleet/+/delivery",
+        "owntracks/#",
+    ]
 
 
 def test_shared_filters() -> None:
     assert TopicScheme().shared_filters("ingest") == [
         "$share/ingest/fleet/+/telemetry",
         "$share/ingest/fleet/+/status",
+        "$share/ingest/fleet/+/delivery",
         "$share/ingest/owntracks/#",
     ]
 
@@ -24,6 +30,7 @@ def test_shared_filters_with_multi_level_prefixes() -> None:
     assert scheme.shared_filters("g-2") == [
         "$share/g-2/acme/fleet/+/telemetry",
         "$share/g-2/acme/fleet/+/status",
+        "$share/g-2/acme/fleet/+/delivery",
         "$share/g-2/acme/owntracks/#",
     ]
 
@@ -31,7 +38,12 @@ def test_shared_filters_with_multi_level_prefixes() -> None:
 def test_prefix_slashes_are_stripped() -> None:
     scheme = TopicScheme("/acme/fleet/", "/ot/")
     assert scheme.prefix == "acme/fleet"
-    assert scheme.filters() == ["acme/fleet/+/telemetry", "acme/fleet/+/status", "ot/#"]
+    assert scheme.filters() == [
+        "acme/fleet/+/telemetry",
+        "acme/fleet/+/status",
+        "acme/fleet/+/delivery",
+        "ot/#",
+    ]
     assert scheme.parse("acme/fleet/v1/telemetry") == Addressed(Route.TELEMETRY, "v1")
 
 
@@ -48,6 +60,7 @@ def test_topic_builders() -> None:
     [
         ("fleet/truck-7/telemetry", Addressed(Route.TELEMETRY, "truck-7")),
         ("fleet/truck-7/status", Addressed(Route.STATUS, "truck-7")),
+        ("fleet/truck-7/delivery", Addressed(Route.DELIVERY, "truck-7")),
         ("fleet/Truck-7/telemetry", Addressed(Route.TELEMETRY, "Truck-7")),  # case kept
         ("owntracks/Alice/Pixel7", Addressed(Route.OWNTRACKS, "alice:pixel7")),
         ("owntracks/Alice/Pixel7/event", Addressed(Route.OWNTRACKS_SUBTOPIC, "alice:pixel7")),
