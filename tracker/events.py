@@ -32,6 +32,8 @@ class EventKind(enum.StrEnum):
     CANCELLED = "cancelled"
     LATE_RISK = "late_risk"
     LATE_RISK_CLEARED = "late_risk_cleared"
+    BATTERY_INFEASIBLE = "battery_infeasible"
+    BATTERY_INFEASIBLE_CLEARED = "battery_infeasible_cleared"
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
