@@ -8,13 +8,19 @@ import json
 import logging
 import signal
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
 
 from fleetpulse.database import connect
+from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from ingest.ingester import Ingester
 from ingest.maintenance import describe, maintain_forever
 from ingest.schema import create_database_if_missing, migrate, require_current
+from tracker import profile_store
 from tracker.service import Tracker
 
 log = logging.getLogger("fleetpulse")
@@ -60,6 +66,34 @@ async def _report_stats(
             log.info("tracker: %s", report["tracker"])
 
 
+def _rebuild_profiles(settings: Settings) -> None:
+    """A rebuild in its own thread and event loop: most of it is Python computation
+    that would otherwise hold up the tracker's loop for seconds."""
+
+    async def rebuild() -> None:
+        conn = await connect(settings.database_url)
+        try:
+            since = datetime.now(UTC) - settings.profile_window
+            done = await profile_store.rebuild(conn, since, ZoneInfo(settings.timezone))
+            if done is not None:
+                log.info("speed profiles rebuilt from %d fixes", done.fixes)
+        finally:
+            await conn.close()
+
+    asyncio.run(rebuild())
+
+
+async def refresh_profiles_forever(settings: Settings, stop: asyncio.Event) -> None:
+    assert settings.profile_refresh is not None
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(_rebuild_profiles, settings)
+        except (psycopg.Error, ServiceUnavailable) as exc:
+            log.warning("speed profile rebuild failed (%s); next try in an interval", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.profile_refresh.total_seconds())
+
+
 async def run_stages(
     settings: Settings,
     *,
@@ -99,6 +133,8 @@ async def run_stages(
                 tasks.create_task(until_stopped(ingester.run(stop)), name="ingest")
             if tracking is not None:
                 tasks.create_task(until_stopped(tracking.run(stop)), name="tracker")
+                if settings.profile_refresh and settings.tracker_index == 0:
+                    tasks.create_task(refresh_profiles_forever(settings, stop), name="profiles")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

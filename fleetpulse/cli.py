@@ -27,7 +27,7 @@ from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
 from ingest import store
 from ingest.schema import TELEMETRY_COLUMNS, status
 from mqtt.rejects import Reason
-from tracker import delivery_store, eta_accuracy, geojson
+from tracker import delivery_store, eta_accuracy, geojson, profile_store
 from tracker import store as tracker_store
 from tracker.deliveries import Delivery, DeliveryState, ServiceType
 from tracker.events import Event, EventKind
@@ -133,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups.add_argument("id")
     groups.add_argument("groups", nargs="*", metavar="GROUP")
+    profiles = command("profiles", "speed profiles learned from the fleet's telemetry")
+    profile_actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
+    profile_actions.add_parser(
+        "rebuild", help="recompute from the last FLEETPULSE_PROFILE_WINDOW of telemetry"
+    )
+    profile_actions.add_parser("status", help="when they were built, and their size")
     eta = command("eta", "ETA accuracy")
     eta_actions = eta.add_subparsers(dest="action", required=True, metavar="ACTION")
     eta_report = eta_actions.add_parser(
@@ -416,6 +422,24 @@ async def _deliveries(settings: Settings, args: argparse.Namespace) -> None:
         await _publish(settings, events)
 
 
+async def _profiles(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url)
+    try:
+        if args.action == "rebuild":
+            since = datetime.now(UTC) - settings.profile_window
+            rebuilt = await profile_store.rebuild(conn, since, ZoneInfo(settings.timezone))
+            if rebuilt is None:
+                raise FleetPulseError("another process is rebuilding the profiles right now")
+            print(json.dumps(dataclasses.asdict(rebuilt), default=str))
+            return
+        built = await profile_store.built_at(conn)
+        profile, _ = await profile_store.load(conn)
+    finally:
+        await conn.close()
+    print(f"built at: {built.isoformat() if built else 'never (run fleetpulse profiles rebuild)'}")
+    print(f"segment speeds: {profile.samples}, mean {profile.mean_speed_mps:.1f} m/s")
+
+
 async def _eta(settings: Settings, args: argparse.Namespace) -> None:
     conn = await connect(settings.database_url)
     try:
@@ -540,5 +564,6 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any
     "events": _events,
     "deliveries": _deliveries,
     "eta": _eta,
+    "profiles": _profiles,
     "devices": _devices,
 }

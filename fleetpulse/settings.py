@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -92,6 +93,19 @@ def _optional_float(text: str) -> float | None:
     return value if value else None
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if not value:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _optional_path(text: str) -> str:
+    if text and not Path(text).is_file():
+        raise ValueError(f"no such file: {text!r}")
+    return text
+
+
 def _h3_resolution(text: str) -> int:
     value = _non_negative_int(text)
     if value > 15:
@@ -174,6 +188,12 @@ class Settings:
     h3_fine_res: int
     h3_coarse_res: int
     timezone: str
+    profile_window: timedelta
+    profile_refresh: timedelta | None
+    osm_pbf: str
+    drone_cruise_speed_mps: float
+    drone_cruise_alt_m: float
+    drone_reserve_pct: float
     log_level: str
 
     def masked(self) -> dict[str, str]:
@@ -343,6 +363,22 @@ OPTIONS: tuple[Option, ...] = (
         "UTC",
         _time_zone,
         "the fleet's IANA time zone: delivery windows, speed profiles and reports",
+    ),
+    Option("profile_window", "28d", _positive_duration, "telemetry the speed profiles learn from"),
+    Option("profile_refresh", "1h", _optional_duration, "how often profiles are rebuilt; 0 never"),
+    Option(
+        "osm_pbf",
+        "",
+        _optional_path,
+        "an OpenStreetMap extract (.osm.pbf) to route on; empty estimates on the H3 grid",
+    ),
+    Option("drone_cruise_speed_mps", "10", _positive_float, "drones' cruise speed for ETAs"),
+    Option("drone_cruise_alt_m", "60", _positive_float, "drones' cruise height above take-off"),
+    Option(
+        "drone_reserve_pct",
+        "20",
+        _non_negative_float,
+        "battery a drone must still have on arrival, else a battery alert",
     ),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
 )

@@ -245,10 +245,35 @@ async def _v3_deliveries(conn: Conn, mode: StorageMode) -> None:
     await conn.execute(_V3_DELIVERIES)
 
 
+_V4_PROFILES = """
+-- Learned from the fleet's own telemetry by `fleetpulse profiles rebuild` (and hourly):
+-- sums and counts, so that the mean is exact and rows of rebuilds could be added up.
+CREATE TABLE speed_profiles (
+    cell         bigint           NOT NULL,  -- H3 cell, resolution 9, integer form
+    hour_of_week smallint         NOT NULL CHECK (hour_of_week BETWEEN 0 AND 167),
+    sum_speed    double precision NOT NULL,  -- m/s summed over the samples
+    samples      bigint           NOT NULL,
+    PRIMARY KEY (cell, hour_of_week)
+);
+CREATE TABLE detour_factors (
+    area          bigint           NOT NULL,  -- H3 cell, resolution 7
+    band          smallint         NOT NULL,  -- straight-line distance band
+    sum_log_ratio double precision NOT NULL,
+    samples       bigint           NOT NULL,
+    PRIMARY KEY (area, band)
+);
+"""
+
+
+async def _v4_profiles(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V4_PROFILES)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
     Migration(3, "deliveries, ETA predictions, delivery events", _v3_deliveries),
+    Migration(4, "speed profiles and detour factors", _v4_profiles),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

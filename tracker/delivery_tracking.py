@@ -8,16 +8,23 @@ vehicle has been inside the drop zone) when nothing that matters changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from tracker.deliveries import Delivery, DeliveryMachine, DeliveryState, Eta, EtaThrottle, next_stop
 from tracker.events import Event
 from tracker.positions import Fix
 
-# ETAs of a vehicle's remaining stops (in serving order) from its current fix, by delivery id.
-EtaSource = Callable[[Fix, list[Delivery]], dict[str, Eta]]
+
+class EtaSource(Protocol):
+    """ETAs of a vehicle's remaining stops (in serving order) from its current fix, by
+    delivery id, with any alert they raise; told when a delivery's vehicle arrives."""
+
+    def __call__(self, fix: Fix, stops: list[Delivery]) -> tuple[dict[str, Eta], list[Event]]: ...
+
+    def arrived(self, delivery_id: str, fix: Fix) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,12 @@ class DeliveryTracking:
         if not own:
             return [], [], []
         stops = sorted(own.values(), key=lambda d: (d.sequence, d.window_end, d.id))
-        etas = self.eta_source(fix, stops) if self.eta_source is not None else {}
-        first = next_stop(stops)
+        etas: dict[str, Eta] = {}
         events: list[Event] = []
+        if self.eta_source is not None:
+            etas, alerts = self.eta_source(fix, stops)
+            events.extend(alerts)
+        first = next_stop(stops)
         changes: list[StateChange] = []
         updates: list[EtaUpdate] = []
         for delivery in stops:
@@ -77,6 +87,8 @@ class DeliveryTracking:
             events.extend(self.machine.on_fix(delivery, fix, eta, delivery is first))
             if delivery.state is not was or delivery.late_risk is not was_late:
                 changes.append(StateChange(delivery, was, fix.ts))
+                if delivery.state is DeliveryState.ARRIVED and self.eta_source is not None:
+                    self.eta_source.arrived(delivery.id, fix)
             if eta is not None and self.throttle.should_publish(
                 delivery.id, fix.received_at, eta.p50
             ):

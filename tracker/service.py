@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
+from zoneinfo import ZoneInfo
 
 import msgspec
 import psycopg
@@ -28,17 +29,22 @@ import redis.asyncio as redis
 from fleetpulse.database import Conn, connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
-from tracker import delivery_store, store
+from tracker import delivery_store, profile_store, store
 from tracker import live as live_state
 from tracker.deliveries import DeliveryMachine
 from tracker.delivery_tracking import DeliveryTracking, EtaUpdate, StateChange
+from tracker.eta import DetourModel, EtaEstimator
 from tracker.events import Event
 from tracker.fence_index import FenceIndex
+from tracker.fleet_etas import DroneRules, FleetEtas
 from tracker.geofencing import GeofenceEngine, GeofenceRules
 from tracker.geojson import parse_feature
 from tracker.handoff import Handoff, decode, partition_of, stream_key
 from tracker.live import LiveDevice, LiveRules, LiveTracker
 from tracker.redis_live import RedisLive
+from tracker.roads import RoadGraph, load_roads
+from tracker.routing import Router
+from tracker.speed_profiles import SpeedProfile
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +68,14 @@ class _Saved(msgspec.Struct):
     geofence: bytes
 
 
-def _delivery_tracking() -> DeliveryTracking:
-    return DeliveryTracking(DeliveryMachine())
-
-
 @dataclass
 class Partition:
     number: int
     live: LiveTracker
     engine: GeofenceEngine
+    deliveries: DeliveryTracking
     stream_id: str = START_OF_STREAM
     watermark: datetime | None = None
-    deliveries: DeliveryTracking = field(
-        default_factory=lambda: DeliveryTracking(DeliveryMachine())
-    )
     changed: dict[str, LiveDevice] = field(default_factory=dict)
     state_changes: list[StateChange] = field(default_factory=list)
     eta_updates: list[EtaUpdate] = field(default_factory=list)
@@ -143,6 +143,17 @@ class Tracker:
         self.partitions: dict[int, Partition] = {}
         self._groups: dict[str, frozenset[str]] = {}
         self._deliveries_seen: datetime | None = None
+        self._zone = ZoneInfo(settings.timezone)
+        self._roads: RoadGraph | None = None
+        self._profiles_built: datetime | None = None
+        self.etas = FleetEtas(
+            EtaEstimator(SpeedProfile(), DetourModel(), self._zone),
+            DroneRules(
+                settings.drone_cruise_speed_mps,
+                settings.drone_cruise_alt_m,
+                settings.drone_reserve_pct,
+            ),
+        )
         self.counts: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._epoch = ""
@@ -269,11 +280,12 @@ class Tracker:
             self.counts["events"] += len(events)
         if transitions or etas:
             async with conn.transaction():
+                # ETAs first: an arrival in the same batch settles them.
+                await delivery_store.save_etas(conn, etas)
                 for transition in transitions:
                     await delivery_store.record_state(
                         conn, transition.delivery, transition.was, transition.at
                     )
-                await delivery_store.save_etas(conn, etas)
             self.counts["eta_updates"] += len(etas)
         await live.write(changed, events, etas)
 
@@ -316,11 +328,13 @@ class Tracker:
             await self._rebuild(conn, live, stale)
 
     def _partition(self, number: int, checkpoint: store.Checkpoint | None) -> Partition:
+        deliveries = DeliveryTracking(DeliveryMachine(), self.etas)
         if checkpoint is None:
             return Partition(
                 number,
                 LiveTracker(self._live_rules),
                 GeofenceEngine(self.index, self._geofence_rules),
+                deliveries,
                 watermark=datetime.now(UTC),
             )
         saved = msgspec.msgpack.decode(checkpoint.state, type=_Saved)
@@ -328,6 +342,7 @@ class Tracker:
             number,
             LiveTracker(self._live_rules, live_state.restore(saved.live)),
             GeofenceEngine.restore(self.index, self._geofence_rules, saved.geofence),
+            deliveries,
             stream_id=checkpoint.stream_id,
             watermark=checkpoint.watermark,
         )
@@ -389,8 +404,28 @@ class Tracker:
 
     # --- fences ---------------------------------------------------------------------
 
+    async def _reload_profiles(self, conn: Conn) -> None:
+        """Load the speed profiles and detour factors when they were rebuilt; the
+        residuals learned so far are kept."""
+        built = await profile_store.built_at(conn)
+        if built == self._profiles_built and self._profiles_built is not None:
+            return
+        if self._settings.osm_pbf and self._roads is None:
+            self._roads = await asyncio.to_thread(load_roads, self._settings.osm_pbf)
+            log.info("road graph loaded from %s", self._settings.osm_pbf)
+        profile, detours = await profile_store.load(conn)
+        router = None if self._roads is None else Router(self._roads, profile, self._zone)
+        residuals = self.etas.estimator.residuals
+        self.etas.estimator = EtaEstimator(
+            profile, detours, self._zone, router=router, residuals=residuals
+        )
+        self._profiles_built = built
+        how = "road graph" if router else "H3 grid"
+        log.info("ETA model: %d segment speeds, on the %s", profile.samples, how)
+
     async def _reload_fences(self, conn: Conn) -> None:
         self._groups = await store.device_groups(conn)
+        await self._reload_profiles(conn)
         version = await store.fences_version(conn)
         if version == self._fences_version:
             return

@@ -208,6 +208,13 @@ async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> 
     assert [kind for _, kind, _ in events] == ["en_route", "approaching", "arrived"]
     stored = await delivery_store.get(conn, "parcel-1")
     assert stored.state == "arrived"
+    cur = await conn.execute(
+        "SELECT count(*), count(arrived_at), min(method) FROM eta_predictions"
+        " WHERE delivery_id = 'parcel-1'"
+    )
+    given, settled, method = await cur.fetchone() or (0, 0, None)
+    assert given >= 1 and settled == given, "every ETA given is settled by the arrival"
+    assert method == "grid", "no road graph configured: estimated on the H3 grid"
     await conn.close()
 
 

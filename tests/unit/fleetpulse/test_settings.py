@@ -88,6 +88,12 @@ def test_every_setting_has_an_environment_variable_and_a_flag() -> None:
         "FLEETPULSE_H3_FINE_RES",
         "FLEETPULSE_H3_COARSE_RES",
         "FLEETPULSE_TIMEZONE",
+        "FLEETPULSE_PROFILE_WINDOW",
+        "FLEETPULSE_PROFILE_REFRESH",
+        "FLEETPULSE_OSM_PBF",
+        "FLEETPULSE_DRONE_CRUISE_SPEED_MPS",
+        "FLEETPULSE_DRONE_CRUISE_ALT_M",
+        "FLEETPULSE_DRONE_RESERVE_PCT",
         "FLEETPULSE_LOG_LEVEL",
     }
     assert {o.field for o in OPTIONS} == set(Settings.__dataclass_fields__)
@@ -128,6 +134,12 @@ def test_environment_overrides() -> None:
             h3_fine_res="10",
             h3_coarse_res="5",
             timezone="Europe/Lisbon",
+            profile_window="14d",
+            profile_refresh="0",
+            osm_pbf=__file__,
+            drone_cruise_speed_mps="12.5",
+            drone_cruise_alt_m="80",
+            drone_reserve_pct="25",
             log_level="debug",
         )
     )
@@ -161,6 +173,12 @@ def test_environment_overrides() -> None:
         h3_fine_res=10,
         h3_coarse_res=5,
         timezone="Europe/Lisbon",
+        profile_window=timedelta(days=14),
+        profile_refresh=None,
+        osm_pbf=__file__,
+        drone_cruise_speed_mps=12.5,
+        drone_cruise_alt_m=80.0,
+        drone_reserve_pct=25.0,
         log_level="DEBUG",
     )
 

@@ -1,0 +1,346 @@
+"""Learn on some taxis' trips, predict the others' remaining time at 25/50/75 % of each
+trip, and time one ETA update on a replay of every fix."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import h3.api.basic_int as h3
+
+from bench.eta.trips import (
+    MIN_TRIP_S,
+    MIN_TRIP_STRAIGHT_M,
+    Trip,
+    exclusion,
+    load_trips,
+    roads_path,
+    split_taxis,
+)
+from bench.geofence import porto
+from bench.geofence.run import describe
+from tracker.eta import DetourModel, EtaEstimator, Stop, StopEta
+from tracker.live import haversine_m
+from tracker.positions import Fix
+from tracker.roads import RoadGraph, load_roads
+from tracker.routing import Router
+from tracker.speed_profiles import (
+    PROFILE_RES,
+    Level,
+    SegmentRules,
+    SegmentStats,
+    SpeedProfile,
+    hour_of_week,
+    runs,
+)
+
+FLEET_ZONE = ZoneInfo("Europe/Lisbon")  # the trips' local time; profiles use it
+FRACTIONS = (0.25, 0.5, 0.75)  # of each test trip's fixes, where ETAs are compared
+FOLDS = 2  # taxis in two halves: learn on one, test on the other, then swap
+QUICK_FOLDS = 1
+RECENT_WINDOW_S = 60.0  # the "recent speed" baseline: the last minute's fixes
+MIN_RECENT_SPEED_MPS = 1.0  # a stopped vehicle's recent speed says nothing: fleet mean
+TARGET_REDUCTION = 0.30  # MAE at least 30 % below the better baseline
+TIMING_TRIPS = 200  # test trips replayed fix by fix for the update time
+QUICK_TIMING_TRIPS = 40
+EXTRA_STOPS = 2  # the "few stops" timing: this trip's end plus two other trips' ends
+_NS_PER_US = 1_000
+
+ROAD, GRID = "road graph ETA (P50)", "H3 grid ETA (P50)"
+ROAD_RAW, GRID_RAW = "road graph, raw model", "H3 grid, raw model"
+FLEET, RECENT = "baseline: fleet mean speed", "baseline: recent speed"
+BASELINES = (FLEET, RECENT)
+METHODS = (ROAD, GRID, ROAD_RAW, GRID_RAW, FLEET, RECENT)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    fraction: float
+    actual_s: float
+    predicted_s: float
+    p90_s: float | None = None
+
+
+@dataclass
+class Accuracy:
+    method: str
+    n: int
+    mae_s: float
+    median_s: float
+    p90_s: float
+    bias_s: float  # mean of predicted - actual: negative = optimistic
+    coverage: float | None  # share of actual times within the P90
+    mae_by_fraction: dict[str, float]
+    vs_best_baseline: float | None = None  # 1 - MAE / better baseline MAE
+
+
+@dataclass
+class Timing:
+    case: str
+    updates: int
+    p50_us: float
+    p99_us: float
+    max_us: float
+    searches: int  # road graph searches started (the cold part of an update)
+
+
+@dataclass
+class Run:
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    accuracy: list[Accuracy] = field(default_factory=list)
+    fallback: dict[str, Any] = field(default_factory=dict)
+    timing: list[Timing] = field(default_factory=list)
+    target_met: dict[str, bool] = field(default_factory=dict)
+
+
+def fleet_mean_speed(fixes: Iterable[Fix]) -> float:
+    """Distance over time of every real segment (time-weighted, unlike the profile)."""
+    metres = seconds = 0.0
+    for run in runs(fixes, SegmentRules(), SegmentStats()):
+        for a, b in itertools.pairwise(run):
+            metres += haversine_m(a.lat, a.lon, b.lat, b.lon)
+            seconds += (b.ts - a.ts).total_seconds()
+    return metres / seconds
+
+
+def recent_speed(fixes: Sequence[Fix], i: int, fallback: float) -> float:
+    metres = seconds = 0.0
+    j = i
+    while j > 0 and seconds < RECENT_WINDOW_S:
+        a, b = fixes[j - 1], fixes[j]
+        metres += haversine_m(a.lat, a.lon, b.lat, b.lon)
+        seconds += (b.ts - a.ts).total_seconds()
+        j -= 1
+    speed = metres / seconds if seconds else 0.0
+    return speed if speed >= MIN_RECENT_SPEED_MPS else fallback
+
+
+@dataclass
+class _Fold:
+    profile: SpeedProfile
+    detours: DetourModel
+    fleet_speed: float
+    road: EtaEstimator
+    grid: EtaEstimator
+    router: Router
+
+
+def _learn(train: list[Fix], graph: RoadGraph) -> _Fold:
+    profile = SpeedProfile.build(train, FLEET_ZONE)
+    detours = DetourModel.learn(train)
+    router = Router(graph, profile, FLEET_ZONE)
+    return _Fold(
+        profile,
+        detours,
+        fleet_mean_speed(train),
+        EtaEstimator(profile, detours, FLEET_ZONE, router=router),
+        EtaEstimator(profile, detours, FLEET_ZONE),
+        router,
+    )
+
+
+def _evaluate(
+    fold: _Fold,
+    test: list[Trip],
+    out: dict[str, list[Prediction]],
+    levels: Counter[Level],
+    road_fallbacks: Counter[str],
+) -> None:
+    """Predictions in time order; residuals recorded when a trip arrives, so each
+    prediction's P50/P90 only uses trips that had already ended."""
+    events: list[tuple[Any, int, int, int]] = []  # (time, kind: 0 arrive 1 predict, trip, i)
+    for t, trip in enumerate(test):
+        n = len(trip.fixes)
+        events.append((trip.fixes[-1].ts, 0, t, n - 1))
+        events.extend((trip.fixes[round(q * (n - 1))].ts, 1, t, k) for k, q in enumerate(FRACTIONS))
+    events.sort()
+    pending: dict[int, list[tuple[EtaEstimator, StopEta]]] = {}
+    for ts, kind, t, k in events:
+        trip = test[t]
+        end = trip.fixes[-1]
+        if kind == 0:
+            for estimator, eta in pending.pop(t, []):
+                estimator.record_arrival(eta, end.ts)
+            continue
+        q = FRACTIONS[k]
+        i = round(q * (len(trip.fixes) - 1))
+        here = trip.fixes[i]
+        actual = (end.ts - ts).total_seconds()
+        stop = [Stop(trip.trip_id, end.lat, end.lon)]
+        road = fold.road.estimate(here.lat, here.lon, ts, stop)[0]
+        grid = fold.grid.estimate(here.lat, here.lon, ts, stop)[0]
+        pending.setdefault(t, []).extend(((fold.road, road), (fold.grid, grid)))
+        road_fallbacks[road.method] += 1
+        cell = h3.latlng_to_cell(here.lat, here.lon, PROFILE_RES)
+        levels[fold.profile.lookup(cell, hour_of_week(ts, FLEET_ZONE)).level] += 1
+        straight = haversine_m(here.lat, here.lon, end.lat, end.lon)
+        recent = recent_speed(trip.fixes, i, fold.fleet_speed)
+        for name, predicted, p90 in (
+            (ROAD, road.p50_s, road.p90_s),
+            (GRID, grid.p50_s, grid.p90_s),
+            (ROAD_RAW, road.travel_s, None),
+            (GRID_RAW, grid.travel_s, None),
+            (FLEET, straight / fold.fleet_speed, None),
+            (RECENT, straight / recent, None),
+        ):
+            out[name].append(Prediction(q, actual, predicted, p90))
+
+
+def _accuracy(method: str, predictions: list[Prediction]) -> Accuracy:
+    errors = [abs(p.predicted_s - p.actual_s) for p in predictions]
+    with_p90 = [p for p in predictions if p.p90_s is not None]
+    coverage = (
+        sum(p.actual_s <= p.p90_s for p in with_p90 if p.p90_s is not None) / len(with_p90)
+        if with_p90
+        else None
+    )
+    return Accuracy(
+        method,
+        len(predictions),
+        statistics.fmean(errors),
+        statistics.median(errors),
+        statistics.quantiles(errors, n=10)[-1],
+        statistics.fmean(p.predicted_s - p.actual_s for p in predictions),
+        coverage,
+        {
+            f"{q:.0%}": statistics.fmean(
+                abs(p.predicted_s - p.actual_s) for p in predictions if p.fraction == q
+            )
+            for q in FRACTIONS
+        },
+    )
+
+
+def _time_updates(
+    case: str, estimator: EtaEstimator, trips: list[Trip], extra_stops: int
+) -> Timing:
+    """Every fix of every trip, in fix-time order across trips, as a live tracker sees
+    them: one `estimate` per fix to the trip's end (and `extra_stops` further stops)."""
+    router = estimator.router
+    before = router.searches_started if router else 0
+    ends = [Stop(t.trip_id, t.fixes[-1].lat, t.fixes[-1].lon, 120.0) for t in trips]
+    stops = [
+        [ends[(t + s) % len(trips)] for s in range(extra_stops + 1)] for t in range(len(trips))
+    ]
+    updates = sorted((fix.ts, t, fix) for t, trip in enumerate(trips) for fix in trip.fixes)
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    for ts, t, fix in updates:
+        started = clock()
+        estimator.estimate(fix.lat, fix.lon, ts, stops[t])
+        samples.append((clock() - started) / _NS_PER_US)
+    centiles = statistics.quantiles(samples, n=100)
+    return Timing(
+        case,
+        len(samples),
+        statistics.median(samples),
+        centiles[98],
+        max(samples),
+        (router.searches_started if router else 0) - before,
+    )
+
+
+def run(quick: bool, log: Callable[[str], None]) -> Run:
+    started = time.perf_counter()
+    trips = load_trips()
+    fixes = porto.load_fixes()
+    load_started = time.perf_counter()
+    graph = load_roads(roads_path())
+    load_s = time.perf_counter() - load_started
+    log(f"road graph: {graph.node_count:,} nodes, {graph.edge_count:,} edges in {load_s:.2f} s")
+    folds = QUICK_FOLDS if quick else FOLDS
+    groups = split_taxis(trips, FOLDS)
+    excluded: Counter[str] = Counter()
+    predictions: dict[str, list[Prediction]] = {m: [] for m in METHODS}
+    levels: Counter[Level] = Counter()
+    road_methods: Counter[str] = Counter()
+    grid_levels: Counter[Level] = Counter()
+    edge_share: list[float] = []
+    profile_stats = SegmentStats()
+    test_trips: list[Trip] = []
+    first: _Fold | None = None
+    for k in range(folds):
+        test_taxis = groups[k]
+        fold = _learn([f for f in fixes if f.device_id not in test_taxis], graph)
+        first = first or fold
+        profile_stats = profile_stats.add(fold.profile.stats)
+        test = []
+        for trip in trips:
+            if trip.taxi in test_taxis:
+                reason = exclusion(trip)
+                excluded[reason or "tested"] += 1
+                if reason is None:
+                    test.append(trip)
+        log(f"fold {k + 1}/{folds}: {len(test)} test trips, {fold.profile.samples:,} samples")
+        _evaluate(fold, test, predictions, levels, road_methods)
+        grid_levels.update(fold.grid.grid_levels)
+        hours = {hour_of_week(t.fixes[0].ts, FLEET_ZONE) for t in test}
+        edges = [fold.router.edge_times(h) for h in sorted(hours)]
+        edge_share.extend(e.from_profile / graph.edge_count for e in edges)
+        test_trips.extend(test)
+    assert first is not None
+    result = Run(machine=describe(), config={})
+    result.accuracy = [_accuracy(m, predictions[m]) for m in METHODS]
+    best = min(a.mae_s for a in result.accuracy if a.method in BASELINES)
+    for a in result.accuracy:
+        a.vs_best_baseline = 1 - a.mae_s / best
+    result.target_met = {
+        a.method: a.mae_s <= (1 - TARGET_REDUCTION) * best
+        for a in result.accuracy
+        if a.method in (ROAD, GRID)
+    }
+    result.fallback = {
+        "test_positions": _shares(levels),
+        "grid_cells": _shares(grid_levels),
+        "road_edges_from_profile": statistics.fmean(edge_share),
+        "road_estimates_on_grid": road_methods["grid"] / max(1, sum(road_methods.values())),
+    }
+    log("timing one ETA update on a replay of every fix ...")
+    timed = test_trips[: QUICK_TIMING_TRIPS if quick else TIMING_TRIPS]
+    timing_router = Router(graph, first.profile, FLEET_ZONE)
+    road = EtaEstimator(first.profile, first.detours, FLEET_ZONE, router=timing_router)
+    grid = EtaEstimator(first.profile, first.detours, FLEET_ZONE)
+    result.timing = [
+        _time_updates("road graph, 1 stop", road, timed, 0),
+        _time_updates(f"road graph, {EXTRA_STOPS + 1} stops", road, timed, EXTRA_STOPS),
+        _time_updates("H3 grid, 1 stop", grid, timed, 0),
+        _time_updates(f"H3 grid, {EXTRA_STOPS + 1} stops", grid, timed, EXTRA_STOPS),
+    ]
+    result.config = {
+        "quick": quick,
+        "trips": len(trips),
+        "taxis": len({t.taxi for t in trips}),
+        "folds_run": folds,
+        "test_trips": excluded["tested"],
+        "excluded": {r: n for r, n in excluded.items() if r != "tested"},
+        "exclusion_rules": {
+            "gps_outlier_mps": SegmentRules().max_speed_mps,
+            "min_trip_s": MIN_TRIP_S,
+            "min_trip_straight_m": MIN_TRIP_STRAIGHT_M,
+        },
+        "fractions": list(FRACTIONS),
+        "zone": str(FLEET_ZONE),
+        "segments_used": profile_stats.used,
+        "segments_excluded": {
+            "too_fast": profile_stats.too_fast,
+            "too_short": profile_stats.too_short,
+            "too_long": profile_stats.too_long,
+        },
+        "graph": {"nodes": graph.node_count, "edges": graph.edge_count, "load_s": load_s},
+        "fleet_mean_speed_mps": first.fleet_speed,
+        "timing_trips": len(timed),
+        "seconds": time.perf_counter() - started,
+    }
+    return result
+
+
+def _shares(counts: Counter[Level]) -> dict[str, float]:
+    total = sum(counts.values()) or 1
+    return {level.value: counts[level] / total for level in Level if counts[level]}
