@@ -161,6 +161,7 @@ class RoadGraph:
 
     def __init__(
         self,
+        osm_id: array[int],
         lat: array[float],
         lon: array[float],
         tails: array[int],
@@ -169,7 +170,7 @@ class RoadGraph:
         limit_mps: array[float],
         road_class: array[int],
     ) -> None:
-        self.lat, self.lon = lat, lon
+        self.osm_id, self.lat, self.lon = osm_id, lat, lon
         n_nodes, n_edges = len(lat), len(heads)
         # Sort edges by tail (counting sort) to make the out-edge rows.
         order = _group(tails, n_nodes)
@@ -204,7 +205,7 @@ class RoadGraph:
     @classmethod
     def from_ways(cls, ways: Iterable[Way]) -> RoadGraph:
         index: dict[int, int] = {}  # OSM node id -> dense id, only while building
-        lat, lon = array("d"), array("d")
+        osm_ids, lat, lon = array("q"), array("d"), array("d")
         tails, heads = array("i"), array("i")
         lengths, limits, classes = array("d"), array("d"), array("B")
         for way in ways:
@@ -214,6 +215,7 @@ class RoadGraph:
                 node = index.get(osm_id)
                 if node is None:
                     node = index[osm_id] = len(lat)
+                    osm_ids.append(osm_id)
                     lat.append(node_lat)
                     lon.append(node_lon)
                 dense.append(node)
@@ -228,7 +230,7 @@ class RoadGraph:
                         lengths.append(metres)
                         limits.append(limit)
                         classes.append(way.road_class)
-        return cls(lat, lon, tails, heads, lengths, limits, classes)
+        return cls(osm_ids, lat, lon, tails, heads, lengths, limits, classes)
 
 
 def load_roads(path: Path | str) -> RoadGraph:

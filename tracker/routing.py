@@ -35,7 +35,11 @@ MIN_EDGE_SPEED_MPS = 1.0  # a profile mean of ~0 (a taxi rank) must not block th
 PROFILE_LEVELS = frozenset({Level.CELL_HOUR, Level.CELL})
 # Edges longer than this are timed piece by piece over the cells they cross.
 LONG_EDGE_M = 150.0
-TREE_CACHE = 32  # searches kept; each costs ~21 bytes per graph node (1.4 MiB in Porto)
+# Searches kept (LRU), as a memory budget: each costs SEARCH_BYTES_PER_NODE for every
+# graph node (1.4 MiB in Porto, so ~180 searches). Size it for the stops active at once
+# on this tracker: an evicted search is redone from scratch on the next fix (counted).
+SEARCH_CACHE_MIB = 256.0
+SEARCH_BYTES_PER_NODE = 21  # seconds and metres (8 + 8), next edge (4), settled flag (1)
 HOUR_CACHE = 4  # edge-time arrays kept, 8 bytes per edge each
 SNAP_SPEED_MPS = 5.0  # for the snap offsets of a route with no length of its own
 
@@ -46,7 +50,7 @@ class RoutingRules:
     profile_levels: frozenset[Level] = PROFILE_LEVELS
     min_speed_mps: float = MIN_EDGE_SPEED_MPS
     max_snap_m: float = MAX_SNAP_M
-    tree_cache: int = TREE_CACHE
+    search_cache_mib: float = SEARCH_CACHE_MIB
     hour_cache: int = HOUR_CACHE
 
 
@@ -131,7 +135,10 @@ class Router:
         self._cells, self._pieces = _edge_cells(graph)
         self._hours: OrderedDict[int, EdgeTimes] = OrderedDict()
         self._searches: OrderedDict[tuple[int, int], _Search] = OrderedDict()
+        per_search = SEARCH_BYTES_PER_NODE * max(1, graph.node_count)
+        self.search_capacity = max(1, int(self.rules.search_cache_mib * 2**20 / per_search))
         self.searches_started = 0
+        self.searches_evicted = 0
 
     def edge_times(self, hour: int) -> EdgeTimes:
         found = self._hours.get(hour)
@@ -187,8 +194,9 @@ class Router:
             times = self.edge_times(hour).seconds
             search = self._searches[key] = _Search(self.graph.node_count, destination, times)
             self.searches_started += 1
-            if len(self._searches) > self.rules.tree_cache:
+            if len(self._searches) > self.search_capacity:
                 self._searches.popitem(last=False)
+                self.searches_evicted += 1
         else:
             self._searches.move_to_end(key)
         return search

@@ -220,6 +220,8 @@ class SpeedProfile:
             total += row.sum_speed
             samples += row.samples
         for cell in list(counts):
+            if h3.get_resolution(cell) != PROFILE_RES:
+                raise ValueError(f"profile row cell {cell:x} is not at resolution {PROFILE_RES}")
             for res in PARENT_RES:
                 parent = h3.cell_to_parent(cell, res)
                 sums[parent] += sums[cell]
