@@ -61,6 +61,7 @@ class DeliveryTracking:
                 self.throttle.forget(fresh.id)
             elif held is None or _differs(held, fresh):
                 own[fresh.id] = fresh
+                self.throttle.forget(fresh.id)  # its next ETA is news
 
     def drop(self, delivery_ids: Iterable[str]) -> None:
         """Forget deliveries now served by vehicles another partition owns."""

@@ -41,6 +41,7 @@ from tracker.geofencing import GeofenceEngine, GeofenceRules
 from tracker.geojson import parse_feature
 from tracker.handoff import Handoff, decode, partition_of, stream_key
 from tracker.live import LiveDevice, LiveRules, LiveTracker
+from tracker.positions import Fix
 from tracker.redis_live import RedisLive
 from tracker.roads import RoadGraph, load_roads
 from tracker.routing import Router
@@ -101,6 +102,33 @@ class Partition:
                 self.changed[change.device_id] = state
                 events.extend(self.engine.device_offline(change.device_id, change.ts))
             events.extend(device_events)
+        return events
+
+    def reconsider(self, vehicles: set[str]) -> list[Event]:
+        """Run these vehicles' deliveries again from their last known positions."""
+        events: list[Event] = []
+        now = datetime.now(UTC)
+        for vehicle in vehicles:
+            state = self.live.devices.get(vehicle)
+            if state is None:
+                continue
+            fix = Fix(
+                vehicle,
+                state.ts,
+                state.lat,
+                state.lon,
+                now,
+                alt=state.alt,
+                rel_alt=state.rel_alt,
+                speed=state.speed,
+                heading=state.heading,
+                battery=state.battery,
+                kind=state.kind,
+            )
+            delivery_events, changes, etas = self.deliveries.on_fix(fix)
+            events.extend(delivery_events)
+            self.state_changes.extend(changes)
+            self.eta_updates.extend(etas)
         return events
 
     def tick(self, now: datetime) -> list[Event]:
@@ -196,7 +224,7 @@ class Tracker:
             live = RedisLive(client)
             await self._reload_fences(conn)
             await self._start(conn, client, live)
-            await self._reload_deliveries(conn)
+            await self._reload_deliveries(conn, live)
             self.ready.set()
             log.info(
                 "tracker %d/%d owns partitions %s",
@@ -245,7 +273,7 @@ class Tracker:
                 await self._reload_fences(conn)
                 next_fence_poll = now + FENCE_POLL_INTERVAL_S
             if now >= next_delivery_poll:
-                await self._reload_deliveries(conn)
+                await self._reload_deliveries(conn, live)
                 next_delivery_poll = now + DELIVERY_POLL_INTERVAL_S
             if now >= next_checkpoint:
                 await self._check_redis(conn, client, live)
@@ -387,20 +415,24 @@ class Tracker:
 
     # --- deliveries -----------------------------------------------------------------
 
-    async def _reload_deliveries(self, conn: Conn) -> None:
+    async def _reload_deliveries(self, conn: Conn, live: RedisLive) -> None:
         """Take what dispatch changed (and, at start, every delivery) into the partitions
-        that own the deliveries' vehicles."""
+        that own the deliveries' vehicles; a change takes effect at once: the vehicles'
+        last positions give new ETAs without waiting for their next fix."""
         changed, self._deliveries_seen = await delivery_store.changed_since(
             conn, self._deliveries_seen
         )
         if not changed:
             return
         count = self._settings.partitions
+        events: list[Event] = []
         for number, partition in self.partitions.items():
             mine = [d for d in changed if partition_of(d.vehicle_id, count) == number]
             partition.deliveries.drop(d.id for d in changed if d not in mine)
             partition.deliveries.load(mine)
+            events.extend(partition.reconsider({d.vehicle_id for d in mine}))
         self.counts["delivery_reloads"] += len(changed)
+        await self._emit(conn, live, events)
 
     # --- fences ---------------------------------------------------------------------
 

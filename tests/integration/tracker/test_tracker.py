@@ -261,3 +261,39 @@ async def test_drivers_close_deliveries_over_mqtt_and_only_their_own(settings: S
         ("delivery_refused", "no delivery 'nope'"),
         ("invalid_field", "Invalid enum value 'lost' - at `$.outcome`"),
     ]
+
+
+async def test_a_reassignment_gets_an_eta_at_once_from_the_new_vehicles_last_position(
+    settings: Settings,
+) -> None:
+    settings = fast(settings)
+    now = datetime.now(UTC)
+    conn = await connect(settings.database_url)
+    await delivery_store.create(
+        conn,
+        delivery_store.NewDelivery(
+            id="parcel-9",
+            vehicle_id="van-10",
+            dest_lat=CENTRE[0],
+            dest_lon=CENTRE[1],
+            window_start=now,
+            window_end=now + timedelta(hours=2),
+        ),
+    )
+    ms = int(time.time() * 1000)
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        await publish(
+            settings.mqtt_url,
+            [("fleet/van-11/telemetry", {"ts": ms, "lat": CENTRE[0] + 0.03, "lon": CENTRE[1]})],
+        )
+        live = RedisLive(aioredis.Redis.from_url(settings.redis_url))
+        await eventually(lambda: live.device("van-11"))
+        await delivery_store.change(conn, "parcel-9", delivery_store.Change(vehicle_id="van-11"))
+        await eventually(lambda: tracker.counts["eta_updates"] >= 1)
+    cur = await conn.execute(
+        "SELECT vehicle_id FROM eta_predictions WHERE delivery_id = 'parcel-9'"
+    )
+    assert await cur.fetchall() == [("van-11",)], "no new fix was needed"
+    events = await stored_events(settings.database_url)
+    assert [kind for _, kind, _ in events] == ["en_route"]
+    await conn.close()
