@@ -12,7 +12,7 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 
-from fleetpulse.database import connect
+from fleetpulse.database import Conn, connect
 from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings
 from tests.conftest import eventually, make_settings, running_ingester, running_tracker
@@ -55,6 +55,22 @@ def fast(settings: Settings, **extra: str) -> Settings:
         redis_url=settings.redis_url,
         reorder_window="0",
         **extra,
+    )
+
+
+async def new_delivery(conn: Conn, delivery_id: str, vehicle_id: str) -> None:
+    """A delivery to the Aliados circle's centre, due within the hour either side."""
+    now = datetime.now(UTC)
+    await delivery_store.create(
+        conn,
+        delivery_store.NewDelivery(
+            id=delivery_id,
+            vehicle_id=vehicle_id,
+            dest_lat=CENTRE[0],
+            dest_lon=CENTRE[1],
+            window_start=now - timedelta(hours=1),
+            window_end=now + timedelta(hours=1),
+        ),
     )
 
 
@@ -179,19 +195,8 @@ async def _has_exit(url: str) -> bool:
 
 async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> None:
     settings = fast(settings)
-    now = datetime.now(UTC)
     conn = await connect(settings.database_url)
-    await delivery_store.create(
-        conn,
-        delivery_store.NewDelivery(
-            id="parcel-1",
-            vehicle_id="van-6",
-            dest_lat=CENTRE[0],
-            dest_lon=CENTRE[1],
-            window_start=now - timedelta(hours=1),
-            window_end=now + timedelta(hours=1),
-        ),
-    )
+    await new_delivery(conn, "parcel-1", "van-6")
     t0 = int(time.time() * 1000) - 100_000
     north_m = [5_000, 800, 10, 10, 5]  # far, close, then inside the 50 m zone for 30 s
     track = [
@@ -220,20 +225,9 @@ async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> 
 
 async def test_drivers_close_deliveries_over_mqtt_and_only_their_own(settings: Settings) -> None:
     settings = fast(settings)
-    now = datetime.now(UTC)
     conn = await connect(settings.database_url)
     for delivery_id in ("parcel-2", "parcel-3"):
-        await delivery_store.create(
-            conn,
-            delivery_store.NewDelivery(
-                id=delivery_id,
-                vehicle_id="van-7",
-                dest_lat=CENTRE[0],
-                dest_lon=CENTRE[1],
-                window_start=now,
-                window_end=now + timedelta(hours=2),
-            ),
-        )
+        await new_delivery(conn, delivery_id, "van-7")
     ms = int(time.time() * 1000)
     report = {"delivery_id": "parcel-2", "outcome": "delivered", "ts": ms, "detail": "porch"}
     async with running_ingester(settings) as ingester, running_tracker(settings) as tracker:
@@ -267,19 +261,8 @@ async def test_a_reassignment_gets_an_eta_at_once_from_the_new_vehicles_last_pos
     settings: Settings,
 ) -> None:
     settings = fast(settings)
-    now = datetime.now(UTC)
     conn = await connect(settings.database_url)
-    await delivery_store.create(
-        conn,
-        delivery_store.NewDelivery(
-            id="parcel-9",
-            vehicle_id="van-10",
-            dest_lat=CENTRE[0],
-            dest_lon=CENTRE[1],
-            window_start=now,
-            window_end=now + timedelta(hours=2),
-        ),
-    )
+    await new_delivery(conn, "parcel-9", "van-10")
     ms = int(time.time() * 1000)
     async with running_ingester(settings), running_tracker(settings) as tracker:
         await publish(
