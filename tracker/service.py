@@ -204,6 +204,7 @@ class Tracker:
         it, and re-applying it yields the same events."""
         backoff = RESTART_MIN_S
         while not stop.is_set():
+            started = asyncio.get_running_loop().time()
             try:
                 await self._run_once(stop)
                 return
@@ -211,6 +212,8 @@ class Tracker:
                 self.counts["restarts"] += 1
                 self.partitions = {}
                 self._deliveries_seen = None
+                if asyncio.get_running_loop().time() - started > RESTART_MAX_S:
+                    backoff = RESTART_MIN_S  # it had been running well: a fresh failure
                 log.warning("tracker lost a service (%s); resuming in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
