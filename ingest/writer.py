@@ -141,6 +141,23 @@ class TelemetryWriter:
         return self._conn
 
     async def write(self, batch: Batch) -> WriteResult:
+        """Store the batch. Connection trouble raises (the caller retries); anything else
+        the database refuses ends up in quarantine, so no message can stop ingest."""
+        try:
+            return await self._write_batch(batch)
+        except psycopg.errors.CheckViolation:
+            if self._partitions is None:
+                raise
+            # A partition dropped by retention since we last looked: look again.
+            await self._partitions.refresh(self._db)
+            return await self._write_batch(batch)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.DatabaseError as exc:
+            log.error("the database refused a batch (%s); quarantining its messages", exc)
+            return await self._quarantine_all(batch, exc)
+
+    async def _write_batch(self, batch: Batch) -> WriteResult:
         fixes = list(batch.fixes.values())
         if self._partitions is not None and fixes:
             await self._partitions.ensure(self._db, [f.ts for f in fixes])
@@ -151,6 +168,25 @@ class TelemetryWriter:
         except psycopg.DataError as exc:
             log.warning("a batch was refused (%s); writing its fixes one by one", exc)
             return await self._write_isolating(fixes, batch)
+
+    async def _quarantine_all(self, batch: Batch, exc: psycopg.DatabaseError) -> WriteResult:
+        detail = f"the database refused the batch: {exc}".splitlines()[0].replace("\x00", "")
+        rejects = [
+            Rejected(
+                topic=d.topic,
+                reason=Reason.STORAGE_ERROR,
+                detail=detail[:500],
+                raw=d.payload,
+                size=len(d.payload),
+                received_at=datetime.now(UTC),
+            )
+            for d in batch.deliveries
+        ]
+        async with self._db.transaction():
+            await self._quarantine(rejects)
+        result = WriteResult(refused=set(batch.fixes))
+        result.quarantined.update(r.reason.value for r in rejects)
+        return result
 
     async def _write_isolating(self, fixes: list[Fix], batch: Batch) -> WriteResult:
         total = WriteResult()
@@ -188,11 +224,9 @@ class TelemetryWriter:
                 counts["duplicates"] += result.duplicates
                 touched = await self._touch_devices(fixes)
             if reports:
-                result.events, refused_reports = await self._apply_reports(reports)
+                result.events, refused_reports, repeated = await self._apply_reports(reports)
                 rejects.extend(refused_reports)
-                counts["delivery_reports_repeated"] += (
-                    len(reports) - len(result.events) - len(refused_reports)
-                )
+                counts["delivery_reports_repeated"] += repeated
             if rejects:
                 await self._quarantine(rejects)
             for status in statuses:
@@ -270,11 +304,12 @@ class TelemetryWriter:
 
     async def _apply_reports(
         self, reports: Sequence[tuple[DeliveryReport, Received]]
-    ) -> tuple[list[Event], list[Rejected]]:
+    ) -> tuple[list[Event], list[Rejected], int]:
         """Close deliveries as their vehicles' drivers report; a report for a delivery the
         device does not serve is refused. A repeat of an applied report is neither."""
         events: list[Event] = []
         refused: list[Rejected] = []
+        repeated = 0
         for report, source in reports:
             cur = await self._db.execute(
                 "WITH target AS (SELECT vehicle_id, state FROM deliveries WHERE id = %(id)s),"
@@ -285,23 +320,26 @@ class TelemetryWriter:
                 {"id": report.delivery_id, "outcome": report.outcome, "device": report.device_id},
             )
             row = await cur.fetchone()
-            if row is not None and row[0]:
-                events.append(
-                    Event(
-                        report.device_id,
-                        EventKind(report.outcome),
-                        report.ts,
-                        detail=report.detail,
-                        delivery_id=report.delivery_id,
-                    )
-                )
-                continue
-            problem = _report_problem(report, row)
+            applied = row is not None and bool(row[0])
+            problem = "" if applied else _report_problem(report, row)
             if problem:
                 refused.append(_refusal(report, source, problem))
+                continue
+            # Applied now, or a redelivery of one applied before: the same event (same id)
+            # is handed on again, so a crash between commit and hand-off loses no event.
+            repeated += not applied
+            events.append(
+                Event(
+                    report.device_id,
+                    EventKind(report.outcome),
+                    report.ts,
+                    detail=report.detail,
+                    delivery_id=report.delivery_id,
+                )
+            )
         if events:
             await save_events(self._db, events)
-        return events, refused
+        return events, refused, repeated
 
     async def _quarantine(self, rejects: Sequence[Rejected]) -> None:
         async with self._db.cursor() as cur, cur.copy(_QUARANTINE_COPY) as copy:

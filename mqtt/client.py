@@ -121,7 +121,13 @@ class _PausableClient(aiomqtt.Client):
     def resume_if_drained(self) -> None:
         if self.paused and len(self.incoming) <= self.high_water // 2 and self._reader:
             self.paused = False
-            self._loop.add_reader(self._fd, self._reader)
+            # Paused past the keepalive, paho may have closed the socket meanwhile.
+            if not self._disconnected.done() and self._client.socket() is not None:
+                self._loop.add_reader(self._fd, self._reader)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._reader, self.paused = None, False
+        super()._on_socket_close(client, userdata, sock)
 
     async def next_batch(self) -> collections.deque[paho.MQTTMessage]:
         """Wait until messages are there (or the connection is gone: MqttError)."""
@@ -223,7 +229,10 @@ class Subscription:
             incoming = await client.next_batch()
             while incoming:
                 message = incoming.popleft()
-                client.resume_if_drained()
+                try:
+                    client.resume_if_drained()
+                except OSError as exc:  # the socket went away under us: a lost connection
+                    raise aiomqtt.MqttError(f"connection lost: {exc}") from exc
                 yield Delivery(message, self)
 
     @property

@@ -6,6 +6,7 @@ code and a detail that names the field, so the ingester can quarantine it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,10 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 # Epoch milliseconds below this are seconds sent by mistake (1e11 ms is March 1973).
 MIN_EPOCH_MS = 100_000_000_000
 KMH_TO_MS = 1 / 3.6
+MAX_DETAIL_CHARS = 500
+# OwnTracks message types are short lower-case words; anything else is counted as "other"
+# so that device text never becomes a counter's name.
+_OWNTRACKS_TYPE = re.compile(r"[a-z]{1,24}")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -175,7 +180,8 @@ class Codec:
             if message_type == "lwt":
                 return StatusReport(device_id, "offline", received_at)
             if message_type != "location":
-                return Ignored(f"owntracks_{message_type}"[:64])
+                known = _OWNTRACKS_TYPE.fullmatch(message_type) is not None
+                return Ignored(f"owntracks_{message_type if known else 'other'}")
             p = payloads.owntracks_location_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return reject(*_classify(exc))
@@ -212,7 +218,12 @@ class Codec:
             return reject(Reason.INVALID_JSON, str(exc))
         except _Reject as exc:
             return reject(exc.reason, exc.detail)
-        return DeliveryReport(device_id, p.delivery_id, p.outcome, ts, p.detail[:500])
+        if not is_valid_device_id(p.delivery_id):
+            detail = f"delivery_id {p.delivery_id!r} must match [A-Za-z0-9_.:-]{{1,64}}"[:300]
+            return reject(Reason.INVALID_FIELD, detail)
+        # PostgreSQL text cannot hold NUL; the rest of a driver's note is kept.
+        note = p.detail.replace("\x00", "")[:MAX_DETAIL_CHARS]
+        return DeliveryReport(device_id, p.delivery_id, p.outcome, ts, note)
 
     @staticmethod
     def _status(

@@ -73,7 +73,8 @@ class TopicScheme:
                 return Addressed(Route.DELIVERY, parts[0])
         if topic.startswith(self._owntracks_head):
             parts = topic[len(self._owntracks_head) :].split("/")
-            if len(parts) >= 2 and parts[0] and parts[1]:
+            # A ':' inside a level would let owntracks/a/b:c pose as owntracks/a:b/c.
+            if len(parts) >= 2 and parts[0] and parts[1] and ":" not in parts[0] + parts[1]:
                 device_id = f"{parts[0]}:{parts[1]}".lower()
                 route = Route.OWNTRACKS if len(parts) == 2 else Route.OWNTRACKS_SUBTOPIC
                 return Addressed(route, device_id)

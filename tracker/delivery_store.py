@@ -24,6 +24,7 @@ from tracker.events import Event
 
 TOKEN_BYTES = 24  # 192 random bits, URL-safe: unguessable
 TOKEN_LIFETIME_AFTER_WINDOW = timedelta(days=1)
+POLL_OVERLAP_S = 30
 _COLUMNS = (
     "id, vehicle_id, dest_lat, dest_lon, drop_radius_m, drop_zone, window_start, window_end,"
     " service_type, sequence, service_s, state, late_risk"
@@ -178,10 +179,12 @@ async def listing(
 
 async def changed_since(conn: Conn, since: datetime | None) -> tuple[list[Delivery], datetime]:
     """Deliveries changed after `since` (all when None), and the newest change time."""
+    # updated_at is stamped before commit: a change committed late can carry an older
+    # stamp than one already seen, so each poll looks back a margin (loading is idempotent).
     cur = await conn.execute(
-        f"SELECT {_COLUMNS}, updated_at FROM deliveries"
-        " WHERE %(s)s::timestamptz IS NULL OR updated_at > %(s)s ORDER BY updated_at",
-        {"s": since},
+        f"SELECT {_COLUMNS}, updated_at FROM deliveries WHERE %(s)s::timestamptz IS NULL"
+        " OR updated_at > %(s)s::timestamptz - %(margin)s::interval ORDER BY updated_at",
+        {"s": since, "margin": f"{POLL_OVERLAP_S} seconds"},
     )
     rows = await cur.fetchall()
     newest = max((row[-1] for row in rows), default=since)

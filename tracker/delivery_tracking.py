@@ -48,7 +48,9 @@ class DeliveryTracking:
     throttle: EtaThrottle = field(default_factory=EtaThrottle)
     by_vehicle: dict[str, dict[str, Delivery]] = field(default_factory=dict)
 
-    def load(self, deliveries: Iterable[Delivery]) -> None:
+    def load(self, deliveries: Iterable[Delivery]) -> set[str]:
+        """Take the stored rows; returns the vehicles whose deliveries changed."""
+        touched: set[str] = set()
         for fresh in deliveries:
             for vehicle in list(self.by_vehicle):
                 held = self.by_vehicle[vehicle].get(fresh.id)
@@ -57,11 +59,14 @@ class DeliveryTracking:
             own = self.by_vehicle.setdefault(fresh.vehicle_id, {})
             held = own.get(fresh.id)
             if not fresh.active:
-                own.pop(fresh.id, None)
+                if own.pop(fresh.id, None) is not None:
+                    touched.add(fresh.vehicle_id)
                 self.throttle.forget(fresh.id)
             elif held is None or _differs(held, fresh):
                 own[fresh.id] = fresh
+                touched.add(fresh.vehicle_id)
                 self.throttle.forget(fresh.id)  # its next ETA is news
+        return touched
 
     def drop(self, delivery_ids: Iterable[str]) -> None:
         """Forget deliveries now served by vehicles another partition owns."""

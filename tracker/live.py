@@ -113,6 +113,8 @@ class LiveTracker:
         device = self.devices.get(change.device_id)
         if change.status != "offline" or device is None or device.status is Status.OFFLINE:
             return None, []
+        if change.ts < device.received_at:
+            return None, []  # an old will: the device has been heard from since
         return self._offline(device, change.ts, "last will")
 
     def tick(self, now: datetime) -> tuple[list[LiveDevice], list[Event]]:

@@ -259,6 +259,9 @@ class Tracker:
                 ),
             )
             events: list[Event] = []
+            # A full read means a backlog: silence is then judged only once it is read,
+            # or devices whose newer fixes wait in it would look offline.
+            behind = any(len(items) >= READ_COUNT for _, items in entries or [])
             for key, items in entries or []:
                 partition = self.partitions[int(key.decode().rsplit(":", 1)[1])]
                 for entry_id, fields in items:
@@ -266,7 +269,7 @@ class Tracker:
                     partition.stream_id = entry_id.decode()
                     self.counts["entries"] += 1
             now = loop.time()
-            if now >= next_tick:
+            if now >= next_tick and not behind:
                 wall = datetime.now(UTC)
                 for partition in self.partitions.values():
                     events.extend(partition.tick(wall))
@@ -407,14 +410,20 @@ class Tracker:
         await self._emit(conn, live, events)
 
     async def _trimmed(self, client: redis.Redis, partition: Partition) -> bool:
-        """Whether the stream dropped entries after this partition's position."""
+        """Whether the stream dropped entries this partition had not read: its oldest
+        entry is newer than the partition's position. (MAXLEN trimming does not move
+        Redis's max-deleted-entry-id, so that cannot tell.)"""
+        if partition.stream_id == START_OF_STREAM:
+            return False  # reads whatever the stream holds
         try:
             info = await client.xinfo_stream(stream_key(partition.number))
         except redis.ResponseError:  # no stream: nothing was handed on since
             return False
-        deleted = info.get("max-deleted-entry-id", b"0-0")
-        deleted_id = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-        return _stream_id_key(deleted_id) > _stream_id_key(partition.stream_id)
+        first = info.get("first-entry")
+        if not first:
+            return False
+        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        return _stream_id_key(first_id) > _stream_id_key(partition.stream_id)
 
     # --- deliveries -----------------------------------------------------------------
 
@@ -432,8 +441,7 @@ class Tracker:
         for number, partition in self.partitions.items():
             mine = [d for d in changed if partition_of(d.vehicle_id, count) == number]
             partition.deliveries.drop(d.id for d in changed if d not in mine)
-            partition.deliveries.load(mine)
-            events.extend(partition.reconsider({d.vehicle_id for d in mine}))
+            events.extend(partition.reconsider(partition.deliveries.load(mine)))
         self.counts["delivery_reloads"] += len(changed)
         await self._emit(conn, live, events)
 

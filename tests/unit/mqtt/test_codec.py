@@ -753,3 +753,22 @@ def test_received_at_is_carried_not_the_clock(codec: Codec) -> None:
     fix = codec.decode(TOPIC, body(), when)[0]
     assert isinstance(fix, Fix)
     assert fix.received_at is when
+
+
+def test_device_text_cannot_poison_storage(codec: Codec) -> None:
+    nul_id = b'{"delivery_id": "d\\u0000", "outcome": "delivered", "ts": 1795770000000}'
+    [bad] = codec.decode("fleet/van-1/delivery", nul_id, RECEIVED_AT)
+    assert isinstance(bad, Rejected) and bad.reason is Reason.INVALID_FIELD
+    nul_note = (
+        b'{"delivery_id": "d-1", "outcome": "failed", "ts": 1795770000000,'
+        b' "detail": "gate\\u0000 closed"}'
+    )
+    [report] = codec.decode("fleet/van-1/delivery", nul_note, RECEIVED_AT)
+    assert isinstance(report, DeliveryReport) and report.detail == "gate closed"
+    [odd] = codec.decode("owntracks/u/d", b'{"_type": "x\\u0000y"}', RECEIVED_AT)
+    assert odd == Ignored("owntracks_other")
+
+
+def test_owntracks_levels_with_a_colon_cannot_pose_as_another_device(codec: Codec) -> None:
+    [bad] = codec.decode("owntracks/a/b:c", b'{"_type": "lwt"}', RECEIVED_AT)
+    assert isinstance(bad, Rejected) and bad.reason is Reason.UNKNOWN_TOPIC

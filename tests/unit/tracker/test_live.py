@@ -98,3 +98,11 @@ def test_snapshot_round_trip() -> None:
     tracker = LiveTracker(RULES)
     tracker.update(fix(0, speed=3.0, kind=DeviceKind.VEHICLE))
     assert restore(snapshot(tracker.devices)) == tracker.devices
+
+
+def test_a_last_will_older_than_the_latest_arrival_is_ignored() -> None:
+    tracker = LiveTracker(RULES)
+    tracker.update(fix(60))  # arrived at T0 + 60 s
+    stale = StatusChange("van", "offline", T0 + timedelta(seconds=30))
+    assert tracker.status_change(stale) == (None, [])
+    assert tracker.devices["van"].status is not Status.OFFLINE
