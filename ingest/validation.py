@@ -1,7 +1,10 @@
 """The rules a decoded fix must meet before it is stored.
 
-Times are judged against the fix's arrival time, not the clock at check time, so a
-message redelivered after an outage is judged as it was when it first arrived.
+Times are judged against the fix's arrival at the ingester (`received_at`), so one batch
+is judged consistently however long it takes to write. A message the broker redelivers
+arrives anew: after an ingester outage longer than the maximum fix age, its backlog is
+quarantined as ts_too_old (kept with its bytes, not lost); raise the setting, or set 0,
+to take such a backlog in.
 """
 
 from __future__ import annotations
