@@ -235,6 +235,10 @@ CREATE TABLE eta_predictions (
     p50          timestamptz      NOT NULL,
     p90          timestamptz      NOT NULL,
     method       text             NOT NULL,
+    -- The model's own figures, so that residuals can be learned again after a restart.
+    travel_s     real,
+    service_s    real,
+    straight_m   real,
     arrived_at   timestamptz,
     PRIMARY KEY (delivery_id, predicted_at)
 );

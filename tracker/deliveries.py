@@ -71,6 +71,11 @@ class Eta:
     p90: datetime
     computed_at: datetime
     method: str = "grid"  # how it was estimated: road graph, H3 grid, drone flight
+    # The raw model figures behind a road or grid estimate (None for drones): stored, so
+    # that arrivals can teach the residuals again after a restart.
+    travel_s: float | None = None
+    service_s: float | None = None
+    straight_m: float | None = None
 
 
 class Delivery(msgspec.Struct, kw_only=True):

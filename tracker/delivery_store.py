@@ -19,6 +19,7 @@ from fleetpulse.errors import FleetPulseError
 from tracker import geojson
 from tracker.deliveries import Delivery, DeliveryMachine, DeliveryState, DropZone, ServiceType
 from tracker.delivery_tracking import EtaUpdate
+from tracker.eta import EtaMethod, StopEta
 from tracker.eta_accuracy import Settled
 from tracker.events import Event
 
@@ -255,7 +256,8 @@ async def save_etas(conn: Conn, updates: Sequence[EtaUpdate]) -> None:
     for update in updates:
         await conn.execute(
             "INSERT INTO eta_predictions (delivery_id, predicted_at, vehicle_id, lat, lon,"
-            " p50, p90, method) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            " p50, p90, method, travel_s, service_s, straight_m)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (
                 update.delivery.id,
                 update.eta.computed_at,
@@ -265,6 +267,9 @@ async def save_etas(conn: Conn, updates: Sequence[EtaUpdate]) -> None:
                 update.eta.p50,
                 update.eta.p90,
                 update.eta.method,
+                update.eta.travel_s,
+                update.eta.service_s,
+                update.eta.straight_m,
             ),
         )
 
@@ -282,6 +287,23 @@ async def report(
         (outcome.value, delivery_id),
     )
     return events
+
+
+async def settled_model_etas(conn: Conn, limit: int = 5_000) -> list[tuple[StopEta, datetime]]:
+    """The newest road and grid ETAs settled by an arrival, as the model gave them."""
+    cur = await conn.execute(
+        "SELECT delivery_id, method, predicted_at, travel_s, service_s, straight_m, arrived_at"
+        " FROM eta_predictions WHERE arrived_at IS NOT NULL AND travel_s IS NOT NULL"
+        " AND method IN ('road', 'grid') ORDER BY arrived_at DESC LIMIT %s",
+        (limit,),
+    )
+    return [
+        (
+            StopEta(delivery, EtaMethod(method), at, travel, service, 0.0, straight, 0.0, 0.0),
+            arrived,
+        )
+        for delivery, method, at, travel, service, straight, arrived in await cur.fetchall()
+    ]
 
 
 async def settled_etas(conn: Conn, since: datetime | None = None) -> list[Settled]:

@@ -57,7 +57,13 @@ class FleetEtas:
             )
             kept.append(result)
             etas[result.stop_id] = Eta(
-                result.arrival_p50, result.arrival_p90, fix.ts, result.method.value
+                result.arrival_p50,
+                result.arrival_p90,
+                fix.ts,
+                result.method.value,
+                travel_s=result.travel_s,
+                service_s=result.service_s,
+                straight_m=result.straight_m,
             )
         return etas, []
 

@@ -174,6 +174,7 @@ class Tracker:
         self._zone = ZoneInfo(settings.timezone)
         self._roads: RoadGraph | None = None
         self._profiles_built: datetime | None = None
+        self._profiles_loaded = False
         self.etas = FleetEtas(
             EtaEstimator(SpeedProfile(), DetourModel(), self._zone),
             DroneRules(
@@ -451,7 +452,8 @@ class Tracker:
         """Load the speed profiles and detour factors when they were rebuilt; the
         residuals learned so far are kept."""
         built = await profile_store.built_at(conn)
-        if built == self._profiles_built and self._profiles_built is not None:
+        first = not self._profiles_loaded
+        if built == self._profiles_built and not first:
             return
         if self._settings.osm_pbf and self._roads is None:
             self._roads = await asyncio.to_thread(load_roads, self._settings.osm_pbf)
@@ -462,6 +464,12 @@ class Tracker:
         self.etas.estimator = EtaEstimator(
             profile, detours, self._zone, router=router, residuals=residuals
         )
+        if first:  # learn from the arrivals already seen before this process started
+            settled = await delivery_store.settled_model_etas(conn)
+            for given, arrived_at in reversed(settled):
+                self.etas.estimator.record_arrival(given, arrived_at)
+            self.counts["residuals_primed"] = len(settled)
+            self._profiles_loaded = True
         self._profiles_built = built
         how = "road graph" if router else "H3 grid"
         log.info("ETA model: %d segment speeds, on the %s", profile.samples, how)

@@ -220,6 +220,8 @@ async def test_a_delivery_follows_its_vehicle_to_arrival(settings: Settings) -> 
     given, settled, method = await cur.fetchone() or (0, 0, None)
     assert given >= 1 and settled == given, "every ETA given is settled by the arrival"
     assert method == "grid", "no road graph configured: estimated on the H3 grid"
+    async with running_tracker(settings) as restarted:
+        assert restarted.counts["residuals_primed"] == given, "arrivals are learned again"
     await conn.close()
 
 
