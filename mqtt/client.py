@@ -244,5 +244,5 @@ class Subscription:
         if not self._open:
             return False
         if qos > 0:
-            self._paho.ack(mid, qos)
+            return bool(self._paho.ack(mid, qos) == paho.MQTT_ERR_SUCCESS)
         return True
