@@ -22,6 +22,8 @@ COMMANDS = [
     ["devices", "near"],
     ["devices", "set-groups"],
     ["deliveries", "create"],
+    ["profiles", "rebuild"],
+    ["eta", "report"],
     ["deliveries", "update"],
 ]
 
