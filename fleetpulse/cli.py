@@ -399,10 +399,11 @@ async def _deliveries(settings: Settings, args: argparse.Namespace) -> None:
             print(json.dumps(_delivery_record(await delivery_store.change(conn, args.id, change))))
         elif args.action in ("report", "cancel"):
             outcome = DeliveryState(args.outcome if args.action == "report" else "cancelled")
-            events = await delivery_store.report(
-                conn, args.id, outcome, datetime.now(UTC), args.detail
-            )
-            await tracker_store.save_events(conn, events)
+            async with conn.transaction():  # the outcome and its event, or neither
+                events = await delivery_store.report(
+                    conn, args.id, outcome, datetime.now(UTC), args.detail
+                )
+                await tracker_store.save_events(conn, events)
             print(json.dumps(_delivery_record(await delivery_store.get(conn, args.id))))
         else:
             found = (

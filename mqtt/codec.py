@@ -14,9 +14,9 @@ import msgspec
 
 from mqtt import payloads
 from mqtt.rejects import Reason, Rejected
-from mqtt.topics import Route, TopicScheme, is_valid_device_id
+from mqtt.topics import Route, TopicScheme
 from tracker.handoff import DeliveryReport
-from tracker.positions import DeviceKind, Fix
+from tracker.positions import DeviceKind, Fix, is_valid_device_id
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 # Epoch milliseconds below this are seconds sent by mistake (1e11 ms is March 1973).

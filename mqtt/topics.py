@@ -9,11 +9,8 @@ owntracks/<user>/<device>          OwnTracks app messages, device id "<user>:<de
 from __future__ import annotations
 
 import enum
-import re
 
 import msgspec
-
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class Route(enum.Enum):
@@ -28,10 +25,6 @@ class Route(enum.Enum):
 class Addressed(msgspec.Struct, frozen=True):
     route: Route
     device_id: str
-
-
-def is_valid_device_id(device_id: str) -> bool:
-    return DEVICE_ID_PATTERN.fullmatch(device_id) is not None
 
 
 class TopicScheme:

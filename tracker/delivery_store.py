@@ -22,6 +22,7 @@ from tracker.delivery_tracking import EtaUpdate
 from tracker.eta import EtaMethod, StopEta
 from tracker.eta_accuracy import Settled
 from tracker.events import Event
+from tracker.positions import is_valid_device_id
 
 TOKEN_BYTES = 24  # 192 random bits, URL-safe: unguessable
 TOKEN_LIFETIME_AFTER_WINDOW = timedelta(days=1)
@@ -117,6 +118,10 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 
 async def create(conn: Conn, new: NewDelivery) -> str:
     """Store a delivery; returns the customer's tracking token (shown this once)."""
+    for what, name in (("delivery id", new.id), ("vehicle id", new.vehicle_id)):
+        # Drivers name deliveries in MQTT reports, so ids follow the device-id rules.
+        if not is_valid_device_id(name):
+            raise DeliveryError(f"{what} {name!r} must match [A-Za-z0-9_.:-]{{1,64}}")
     if new.window_end <= new.window_start:
         raise DeliveryError("the delivery window must end after it starts")
     drop_zone(new.drop_zone)

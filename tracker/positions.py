@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 
 import msgspec
+
+# Device ids come from topics and name deliveries in drivers' reports: one rule for both.
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def is_valid_device_id(device_id: str) -> bool:
+    return DEVICE_ID_PATTERN.fullmatch(device_id) is not None
 
 
 class DeviceKind(enum.StrEnum):

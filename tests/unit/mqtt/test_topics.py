@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mqtt.topics import Addressed, Route, TopicScheme, is_valid_device_id
+from mqtt.topics import Addressed, Route, TopicScheme
+from tracker.positions import is_valid_device_id
 
 
 def test_default_filters() -> None:
