@@ -16,6 +16,7 @@ from fleetpulse.database import Conn, connect
 from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings
 from tests.conftest import eventually, make_settings, running_ingester, running_tracker
+from tests.e2e.processes import fleetpulse
 from tests.publisher import connect as mqtt_connect
 from tests.publisher import publish
 from tracker import delivery_store, store
@@ -282,3 +283,28 @@ async def test_a_reassignment_gets_an_eta_at_once_from_the_new_vehicles_last_pos
     events = await stored_events(settings.database_url)
     assert [kind for _, kind, _ in events] == ["en_route"]
     await conn.close()
+
+
+async def test_live_state_and_events_from_the_command_line(settings: Settings) -> None:
+    settings = fast(settings)
+    await add_fence(settings.database_url)
+    t0 = int(time.time() * 1000) - 120_000
+    async with running_ingester(settings), running_tracker(settings) as tracker:
+        await publish(settings.mqtt_url, fixes("van-12", t0, TRACK))
+        await eventually(lambda: tracker.counts["events"] >= 2)
+        live = RedisLive(aioredis.Redis.from_url(settings.redis_url))
+        await eventually(lambda: live.device("van-12"))
+    env = {
+        "FLEETPULSE_DATABASE_URL": settings.database_url,
+        "FLEETPULSE_REDIS_URL": settings.redis_url,
+    }
+    shown = json.loads(fleetpulse("devices", "show", "van-12", env=env).stdout)
+    assert shown["device_id"] == "van-12" and abs(shown["lat"] - TRACK[-1]) < 1e-9
+    near = fleetpulse("devices", "near", str(TRACK[-1]), str(CENTRE[1]), "100", env=env)
+    assert [json.loads(line)["device_id"] for line in near.stdout.splitlines()] == ["van-12"]
+    far = fleetpulse("devices", "in-box", "0", "0", "1", "1", env=env)
+    assert far.stdout == ""
+    missing = fleetpulse("devices", "show", "nobody", env=env, check=False)
+    assert missing.returncode == 1 and "no live state" in missing.stderr
+    exported = fleetpulse("events", "export", "--fence", "aliados", "--kind", "exit", env=env)
+    assert [json.loads(line)["kind"] for line in exported.stdout.splitlines()] == ["exit"]
