@@ -154,7 +154,9 @@ class Ingester:
                 self._full.set()
             if len(self._batch) >= self._hold_limit:
                 self._room.clear()
+                subscription.hold_reading()
                 await self._room.wait()
+                subscription.release_reading()
 
     async def _flush_loop(self, writer: TelemetryWriter, handoff: StreamHandoff) -> None:
         interval = self._settings.flush_interval.total_seconds()

@@ -72,6 +72,7 @@ class _PausableClient(aiomqtt.Client):
         # SUBACK behind a resumed session's backlog.
         self.may_pause = False
         self.paused = False
+        self.held = False
         self.pauses = 0
         self._fd = -1
         self._reader: Callable[[], None] | None = None
@@ -118,7 +119,21 @@ class _PausableClient(aiomqtt.Client):
             self.pauses += 1
             self._loop.remove_reader(self._fd)
 
+    def hold(self) -> None:
+        """Stop reading until `release`: the consumer cannot take more now, and reading
+        ahead would only take the event loop from the work that frees it."""
+        self.held = True
+        if not self.paused and self._reader is not None:
+            self.paused = True
+            self._loop.remove_reader(self._fd)
+
+    def release(self) -> None:
+        self.held = False
+        self.resume_if_drained()
+
     def resume_if_drained(self) -> None:
+        if self.held:
+            return
         if self.paused and len(self.incoming) <= self.high_water // 2 and self._reader:
             self.paused = False
             # Paused past the keepalive, paho may have closed the socket meanwhile.
@@ -234,6 +249,15 @@ class Subscription:
                 except OSError as exc:  # the socket went away under us: a lost connection
                     raise aiomqtt.MqttError(f"connection lost: {exc}") from exc
                 yield Delivery(message, self)
+
+    def hold_reading(self) -> None:
+        self._client.hold()
+
+    def release_reading(self) -> None:
+        try:
+            self._client.release()
+        except OSError as exc:  # the socket went away meanwhile: a lost connection
+            raise aiomqtt.MqttError(f"connection lost: {exc}") from exc
 
     @property
     def read_pauses(self) -> int:
