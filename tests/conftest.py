@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -126,14 +126,15 @@ def settings(database_url: str, broker: Mosquitto, redis_url: str) -> Settings:
 
 
 @asynccontextmanager
-async def running_ingester(settings: Settings) -> AsyncIterator[Ingester]:
-    """An ingester in this event loop, subscribed before the block starts."""
-    ingester = Ingester(settings)
+async def _running(
+    name: str, run: Callable[[asyncio.Event], Awaitable[None]], ready: asyncio.Event
+) -> AsyncIterator[None]:
+    """A stage running in this event loop, ready before the block starts, stopped after."""
     stop = asyncio.Event()
-    task = asyncio.create_task(ingester.run(stop), name="test-ingester")
-    waiter = asyncio.create_task(ingester.connected.wait())
+    task = asyncio.create_task(run(stop), name=f"test-{name}")
+    waiter = asyncio.create_task(ready.wait())
     done, _ = await asyncio.wait(
-        {task, waiter}, timeout=WAIT_TIMEOUT_S, return_when="FIRST_COMPLETED"
+        {task, waiter}, timeout=WAIT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
     )
     if task in done:
         waiter.cancel()
@@ -141,32 +142,28 @@ async def running_ingester(settings: Settings) -> AsyncIterator[Ingester]:
     if waiter not in done:
         waiter.cancel()
         task.cancel()
-        raise TimeoutError("the ingester did not subscribe in time")
+        raise TimeoutError(f"the {name} was not ready in time")
     try:
-        yield ingester
+        yield
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_TIMEOUT_S)
 
 
 @asynccontextmanager
+async def running_ingester(settings: Settings) -> AsyncIterator[Ingester]:
+    """An ingester, subscribed before the block starts."""
+    ingester = Ingester(settings)
+    async with _running("ingester", ingester.run, ingester.connected):
+        yield ingester
+
+
+@asynccontextmanager
 async def running_tracker(settings: Settings) -> AsyncIterator[Tracker]:
-    """A tracker in this event loop, past its start-up recovery before the block starts."""
+    """A tracker, past its start-up recovery before the block starts."""
     tracker = Tracker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(tracker.run(stop), name="test-tracker")
-    waiter = asyncio.create_task(tracker.ready.wait())
-    done, _ = await asyncio.wait(
-        {task, waiter}, timeout=WAIT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-    )
-    if task in done:
-        waiter.cancel()
-        task.result()
-    try:
+    async with _running("tracker", tracker.run, tracker.ready):
         yield tracker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT_TIMEOUT_S)
 
 
 async def eventually(check: Callable[[], Any], within: float = WAIT_TIMEOUT_S) -> Any:
