@@ -22,6 +22,7 @@ from ingest.maintenance import describe, maintain_forever
 from ingest.schema import create_database_if_missing, migrate, require_current
 from tracker import profile_store
 from tracker.service import Tracker
+from web import app as web_app
 
 log = logging.getLogger("fleetpulse")
 
@@ -99,6 +100,7 @@ async def run_stages(
     *,
     ingest: bool,
     tracker: bool,
+    web: bool = False,
     stats_every_s: float = 60.0,
     stats_json: bool = False,
 ) -> None:
@@ -135,6 +137,8 @@ async def run_stages(
                 tasks.create_task(until_stopped(tracking.run(stop)), name="tracker")
                 if settings.profile_refresh and settings.tracker_index == 0:
                     tasks.create_task(refresh_profiles_forever(settings, stop), name="profiles")
+            if web:
+                tasks.create_task(until_stopped(web_app.serve(settings, stop)), name="web")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -32,6 +32,8 @@ from tracker import store as tracker_store
 from tracker.deliveries import Delivery, DeliveryState, ServiceType
 from tracker.events import Event, EventKind
 from tracker.redis_live import RedisLive, event_message
+from web import auth
+from web.auth import Role
 
 
 def parse_time(text: str) -> datetime:
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help in (
         ("tracker", "run the tracker stage: live state, geofence and device events"),
         ("ingest", "run the ingest stage: MQTT in, every fix stored once"),
+        ("web", "run the web app: REST API, websockets and pages"),
         ("run", "migrate the schema, then run every stage in one process"),
     ):
         stage = command(name, help)
@@ -174,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     cancel = delivery_actions.add_parser("cancel", help="cancel a delivery")
     cancel.add_argument("id")
     cancel.add_argument("--detail", default="")
+    tokens = command("tokens", "bearer tokens of dispatch users and integrations")
+    token_actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    token_create = token_actions.add_parser("create", help="a new token; printed once")
+    token_create.add_argument("--name", required=True, help="whose token it is")
+    token_create.add_argument(
+        "--role", required=True, choices=[r.label for r in Role], help="what it may do"
+    )
+    token_actions.add_parser("list", help="one line per token, revoked ones included")
+    token_actions.add_parser("revoke", help="revoke a token at once").add_argument("id")
     stats = command("stats", "devices, fixes and rejects in the database")
     stats.add_argument("--json", action="store_true")
     return parser
@@ -225,28 +237,38 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _run_stages(
-    settings: Settings, args: argparse.Namespace, *, ingest: bool, tracker: bool
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    ingest: bool = False,
+    tracker: bool = False,
+    web: bool = False,
 ) -> None:
     await app.run_stages(
         settings,
         ingest=ingest,
         tracker=tracker,
+        web=web,
         stats_every_s=args.stats_every,
         stats_json=args.stats_json,
     )
 
 
 async def _ingest(settings: Settings, args: argparse.Namespace) -> None:
-    await _run_stages(settings, args, ingest=True, tracker=False)
+    await _run_stages(settings, args, ingest=True)
 
 
 async def _tracker(settings: Settings, args: argparse.Namespace) -> None:
-    await _run_stages(settings, args, ingest=False, tracker=True)
+    await _run_stages(settings, args, tracker=True)
+
+
+async def _web(settings: Settings, args: argparse.Namespace) -> None:
+    await _run_stages(settings, args, web=True)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
     await app.prepare_database(settings)
-    await _run_stages(settings, args, ingest=True, tracker=True)
+    await _run_stages(settings, args, ingest=True, tracker=True, web=True)
 
 
 async def _history(settings: Settings, args: argparse.Namespace) -> None:
@@ -552,13 +574,33 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> None:
         print(msgspec.json.encode(device).decode())
 
 
+async def _tokens(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url)
+    try:
+        if args.action == "create":
+            token_id, token = await auth.create_token(conn, args.name, Role.parse(args.role))
+            print(f"id: {token_id}", file=sys.stderr)
+            print("the token is shown only now; keep it secret:", file=sys.stderr)
+            print(token)
+        elif args.action == "list":
+            for info in await auth.list_tokens(conn):
+                revoked = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
+                print(f"{info.id}\t{info.role.label}\t{revoked}\t{info.name}")
+        elif not await auth.revoke_token(conn, args.id):
+            raise FleetPulseError(f"no active token {args.id!r}")
+    finally:
+        await conn.close()
+
+
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "config": _config,
     "db": _db,
     "ingest": _ingest,
     "tracker": _tracker,
+    "web": _web,
     "run": _run,
     "history": _history,
+    "tokens": _tokens,
     "quarantine": _quarantine,
     "stats": _stats,
     "geofences": _geofences,

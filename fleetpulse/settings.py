@@ -142,6 +142,35 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return text
+
+
+def _host(text: str) -> str:
+    if not text or any(c.isspace() or c in "/@" for c in text):
+        raise ValueError(f"expected a host name or IP address, got {text!r}")
+    return text
+
+
+def _port(text: str) -> int:
+    value = _whole_number(text, 1)
+    if value > 65535:
+        raise ValueError(f"ports are 1 to 65535, got {value}")
+    return value
+
+
+def _optional_http_url(text: str) -> str:
+    return _url("http", "https")(text).rstrip("/") if text else ""
+
+
+def _tile_template(text: str) -> str:
+    if text and not all(part in text for part in ("{z}", "{x}", "{y}")):
+        raise ValueError(f"expected a tile URL with {{z}}, {{x}} and {{y}}, got {text!r}")
+    return _url("http", "https")(text) if text else ""
+
+
 _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 
 
@@ -194,7 +223,24 @@ class Settings:
     drone_cruise_speed_mps: float
     drone_cruise_alt_m: float
     drone_reserve_pct: float
+    web_host: str
+    web_port: int
+    public_url: str
+    basemap_url: str
+    reveal_eta: timedelta
+    reveal_stops: int
+    public_rate_limit: int
+    ws_queue: int
+    ws_slow_after: timedelta
+    webhook_timeout: timedelta
+    webhook_max_attempts: int
     log_level: str
+    log_format: str
+
+    @property
+    def web_base_url(self) -> str:
+        """Where people reach the web app: the public URL, else the listening address."""
+        return self.public_url or f"http://{self.web_host}:{self.web_port}"
 
     def masked(self) -> dict[str, str]:
         """Every setting as text, passwords masked: what `fleetpulse config` prints."""
@@ -380,7 +426,54 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_float,
         "battery a drone must still have on arrival, else a battery alert",
     ),
+    Option("web_host", "127.0.0.1", _host, "address the web app listens on"),
+    Option("web_port", "8080", _port, "port of the web app: REST API, websockets and pages"),
+    Option(
+        "public_url",
+        "",
+        _optional_http_url,
+        "how people reach the web app (for printed links); empty: http://WEB_HOST:WEB_PORT",
+    ),
+    Option(
+        "basemap_url",
+        "",
+        _tile_template,
+        "XYZ tile URL template for the dispatch map ({z}/{x}/{y}); empty: roads from OSM_PBF",
+    ),
+    Option(
+        "reveal_eta",
+        "10m",
+        _positive_duration,
+        "customers see the exact position once the P50 ETA is below this",
+    ),
+    Option(
+        "reveal_stops",
+        "1",
+        _non_negative_int,
+        "... or once at most this many stops remain before theirs",
+    ),
+    Option(
+        "public_rate_limit",
+        "120",
+        _positive_int,
+        "requests per minute per client address on customer (token) endpoints, all workers",
+    ),
+    Option("ws_queue", "1000", _positive_int, "messages queued per websocket client"),
+    Option(
+        "ws_slow_after",
+        "10s",
+        _positive_duration,
+        "a websocket client whose queue stays full this long is disconnected",
+    ),
+    Option("webhook_timeout", "10s", _positive_duration, "time one webhook request may take"),
+    Option(
+        "webhook_max_attempts",
+        "8",
+        _positive_int,
+        "attempts (with backoff) before a webhook delivery is dead-lettered",
+    ),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    Option("log_format", "text", _log_format, "text, or json for one JSON object per line"),
 )
 
 

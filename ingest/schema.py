@@ -273,11 +273,52 @@ async def _v4_profiles(conn: Conn, mode: StorageMode) -> None:
     await conn.execute(_V4_PROFILES)
 
 
+_V5_WEB = """
+-- Bearer tokens of dispatch users and integrations; only a hash of each is kept.
+CREATE TABLE api_tokens (
+    id           text        PRIMARY KEY,  -- public handle, shown in lists and the audit log
+    name         text        NOT NULL,
+    role         text        NOT NULL CHECK (role IN ('viewer', 'dispatcher', 'admin')),
+    token_hash   text        NOT NULL UNIQUE,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    revoked_at   timestamptz,
+    last_used_at timestamptz
+);
+
+-- Who changed fences, deliveries and tokens, and how.
+CREATE TABLE audit_log (
+    id     bigserial   PRIMARY KEY,
+    at     timestamptz NOT NULL DEFAULT now(),
+    actor  text        NOT NULL,  -- a token id, or 'cli' for the command line
+    action text        NOT NULL,  -- fence.create, delivery.update, token.revoke, ...
+    target text        NOT NULL,
+    detail jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_at_idx ON audit_log (at);
+
+-- A dispatcher's acknowledgement of an alert (an event), once per event.
+CREATE TABLE alert_acks (
+    event_id text        PRIMARY KEY,
+    acked_by text        NOT NULL,
+    acked_at timestamptz NOT NULL DEFAULT now(),
+    note     text        NOT NULL DEFAULT ''
+);
+
+-- Websocket clients that reconnect ask for the events stored since the last one they saw.
+CREATE INDEX events_recorded_idx ON events (recorded_at);
+"""
+
+
+async def _v5_web(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V5_WEB)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
     Migration(3, "deliveries, ETA predictions, delivery events", _v3_deliveries),
     Migration(4, "speed profiles and detour factors", _v4_profiles),
+    Migration(5, "API tokens, audit log, alert acknowledgements", _v5_web),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

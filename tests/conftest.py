@@ -19,14 +19,18 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 import redis
+from aiohttp import ClientSession
 from psycopg import sql
 
 from fleetpulse.app import prepare_database
-from fleetpulse.local_servers import Mosquitto, Redis
+from fleetpulse.database import connect
+from fleetpulse.local_servers import Mosquitto, Redis, free_port
 from fleetpulse.settings import Settings, load_settings
 from ingest.ingester import Ingester
 from ingest.schema import StorageMode
 from tracker.service import Tracker
+from web import app as web_app
+from web import auth
 
 PG_URL = os.environ.get("FLEETPULSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE_DB = f"fleetpulse_test_tpl_{os.getpid()}"
@@ -122,7 +126,12 @@ def redis_url(redis_server: Redis) -> str:
 
 @pytest.fixture
 def settings(database_url: str, broker: Mosquitto, redis_url: str) -> Settings:
-    return make_settings(database_url=database_url, mqtt_url=broker.url, redis_url=redis_url)
+    return make_settings(
+        database_url=database_url,
+        mqtt_url=broker.url,
+        redis_url=redis_url,
+        web_port=free_port(),
+    )
 
 
 @asynccontextmanager
@@ -164,6 +173,36 @@ async def running_tracker(settings: Settings) -> AsyncIterator[Tracker]:
     tracker = Tracker(settings)
     async with _running("tracker", tracker.run, tracker.ready):
         yield tracker
+
+
+@asynccontextmanager
+async def running_web(settings: Settings) -> AsyncIterator[str]:
+    """The web app on its port; yields its base URL."""
+    ready = asyncio.Event()
+
+    async def run(stop: asyncio.Event) -> None:
+        await web_app.serve(settings, stop, ready)
+
+    async with _running("web app", run, ready):
+        yield settings.web_base_url
+
+
+@asynccontextmanager
+async def web_client(settings: Settings, token: str | None = None) -> AsyncIterator[ClientSession]:
+    """The web app running, and an HTTP session on it (paths relative to its base URL)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with running_web(settings) as base, ClientSession(base, headers=headers) as http:
+        yield http
+
+
+async def make_token(settings: Settings, role: str = "admin", name: str = "test") -> str:
+    """A bearer token with the role, as `fleetpulse tokens create` makes it."""
+    conn = await connect(settings.database_url)
+    try:
+        _, token = await auth.create_token(conn, name, auth.Role.parse(role))
+    finally:
+        await conn.close()
+    return token
 
 
 async def eventually(check: Callable[[], Any], within: float = WAIT_TIMEOUT_S) -> Any:

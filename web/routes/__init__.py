@@ -1,0 +1,1 @@
+"""REST routes, one module per resource; each exposes `api`, an `web.api.Api`."""
