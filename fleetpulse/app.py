@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from fleetpulse import process_stats
 from fleetpulse.database import connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
@@ -65,6 +66,18 @@ async def _report_stats(
             )
         if tracker is not None:
             log.info("tracker: %s", report["tracker"])
+
+
+def _stats_snapshots(
+    ingester: Ingester | None, tracker: Tracker | None
+) -> dict[str, process_stats.Snapshot]:
+    """What this process publishes for `/metrics` (see `fleetpulse.process_stats`)."""
+    snapshots: dict[str, process_stats.Snapshot] = {}
+    if ingester is not None:
+        snapshots["ingest"] = lambda: ingester.stats.counts
+    if tracker is not None:
+        snapshots["tracker"] = tracker.totals
+    return snapshots
 
 
 def _rebuild_profiles(settings: Settings) -> None:
@@ -129,6 +142,12 @@ async def run_stages(
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(
                 _report_stats(ingester, tracking, stats_every_s, stats_json, stop), name="stats"
+            )
+            tasks.create_task(
+                process_stats.publish_forever(
+                    settings.redis_url, _stats_snapshots(ingester, tracking), stop
+                ),
+                name="stats-publish",
             )
             if ingester is not None:
                 tasks.create_task(maintain_forever(settings, mode, stop), name="storage-upkeep")

@@ -17,7 +17,14 @@ from typing import Any
 from fleetpulse.database import Conn
 from fleetpulse.errors import FleetPulseError
 from tracker import geojson
-from tracker.deliveries import Delivery, DeliveryMachine, DeliveryState, DropZone, ServiceType
+from tracker.deliveries import (
+    Delivery,
+    DeliveryMachine,
+    DeliveryState,
+    DropZone,
+    Eta,
+    ServiceType,
+)
 from tracker.delivery_tracking import EtaUpdate
 from tracker.eta import EtaMethod, StopEta
 from tracker.eta_accuracy import Settled
@@ -35,6 +42,14 @@ _COLUMNS = (
 
 class DeliveryError(FleetPulseError):
     """A delivery that does not exist, or a change it cannot take."""
+
+
+class UnknownDelivery(DeliveryError):
+    """No delivery has this id."""
+
+
+class DeliveryConflict(DeliveryError):
+    """The delivery exists already, or its state does not allow the change."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,7 @@ async def create(conn: Conn, new: NewDelivery) -> str:
         ),
     )
     if cur.rowcount == 0:
-        raise DeliveryError(f"a delivery {new.id!r} exists already")
+        raise DeliveryConflict(f"a delivery {new.id!r} exists already")
     return token
 
 
@@ -157,7 +172,7 @@ async def get(conn: Conn, delivery_id: str) -> Delivery:
     cur = await conn.execute(f"SELECT {_COLUMNS} FROM deliveries WHERE id = %s", (delivery_id,))
     row = await cur.fetchone()
     if row is None:
-        raise DeliveryError(f"no delivery {delivery_id!r}")
+        raise UnknownDelivery(f"no delivery {delivery_id!r}")
     return _delivery(row)
 
 
@@ -183,6 +198,62 @@ async def listing(
     return [_delivery(row) for row in await cur.fetchall()]
 
 
+async def page(
+    conn: Conn,
+    *,
+    vehicle_id: str | None = None,
+    state: DeliveryState | None = None,
+    after_id: str | None = None,
+    limit: int = 100,
+) -> list[Delivery]:
+    """Up to `limit` deliveries in id order, after `after_id`: pages that stay stable while
+    deliveries are added or change state."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM deliveries WHERE (%(v)s::text IS NULL OR vehicle_id = %(v)s)"
+        " AND (%(s)s::text IS NULL OR state = %(s)s)"
+        " AND (%(after)s::text IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s",
+        {
+            "v": vehicle_id,
+            "s": None if state is None else state.value,
+            "after": after_id,
+            "limit": limit,
+        },
+    )
+    return [_delivery(row) for row in await cur.fetchall()]
+
+
+async def latest_etas(conn: Conn, delivery_ids: Sequence[str]) -> dict[str, Eta]:
+    """The newest ETA published for each of these deliveries that has one."""
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (delivery_id) delivery_id, p50, p90, predicted_at, method"
+        " FROM eta_predictions WHERE delivery_id = ANY(%s)"
+        " ORDER BY delivery_id, predicted_at DESC",
+        (list(delivery_ids),),
+    )
+    return {
+        delivery: Eta(p50, p90, predicted_at, method)
+        for delivery, p50, p90, predicted_at, method in await cur.fetchall()
+    }
+
+
+async def reissue_token(
+    conn: Conn, delivery_id: str, expires_at: datetime | None = None
+) -> tuple[str, datetime]:
+    """A new tracking token for the delivery; the old one stops working at once. Returns
+    the token (shown this once) and when it expires (default: a day after the window)."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    cur = await conn.execute(
+        "UPDATE deliveries SET token_hash = %s,"
+        " token_expires_at = coalesce(%s::timestamptz, window_end + %s) WHERE id = %s"
+        " RETURNING token_expires_at",
+        (hash_token(token), expires_at, TOKEN_LIFETIME_AFTER_WINDOW, delivery_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise UnknownDelivery(f"no delivery {delivery_id!r}")
+    return token, row[0]
+
+
 async def changed_since(conn: Conn, since: datetime | None) -> tuple[list[Delivery], datetime]:
     """Deliveries changed after `since` (all when None), and the newest change time."""
     # updated_at is stamped before commit: a change committed late can carry an older
@@ -201,7 +272,7 @@ async def change(conn: Conn, delivery_id: str, change: Change) -> Delivery:
     """Apply a last-minute change; a new vehicle or destination restarts the approach."""
     delivery = await get(conn, delivery_id)
     if not delivery.active:
-        raise DeliveryError(f"delivery {delivery_id!r} is {delivery.state}: it cannot change")
+        raise DeliveryConflict(f"delivery {delivery_id!r} is {delivery.state}: it cannot change")
     if change.vehicle_id is not None:
         delivery.vehicle_id = change.vehicle_id
     if change.dest is not None:
@@ -286,7 +357,7 @@ async def report(
     delivery = await get(conn, delivery_id)
     events = DeliveryMachine().report(delivery, outcome, at, detail)
     if not events:
-        raise DeliveryError(f"delivery {delivery_id!r} is {delivery.state} already")
+        raise DeliveryConflict(f"delivery {delivery_id!r} is {delivery.state} already")
     await conn.execute(
         "UPDATE deliveries SET state = %s, updated_at = clock_timestamp() WHERE id = %s",
         (outcome.value, delivery_id),

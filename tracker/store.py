@@ -70,6 +70,27 @@ async def save_fences(conn: Conn, features: Iterable[tuple[str, str, dict[str, A
     return len(rows)
 
 
+async def fence_feature(conn: Conn, fence_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute("SELECT feature FROM fences WHERE id = %s", (fence_id,))
+    row = await cur.fetchone()
+    return None if row is None else dict(row[0])
+
+
+async def save_fence(conn: Conn, fence_id: str, name: str, feature: dict[str, Any]) -> bool:
+    """Insert or replace one fence; True when it is new."""
+    # clock_timestamp, not now() (the transaction's start): a replace inside a long
+    # transaction must still move fences_version. xmax is 0 only on a row just inserted.
+    cur = await conn.execute(
+        "INSERT INTO fences (id, name, feature) VALUES (%s, %s, %s::jsonb)"
+        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,"
+        " feature = EXCLUDED.feature, updated_at = clock_timestamp()"
+        " RETURNING xmax = 0",
+        (fence_id, name, json.dumps(feature)),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def delete_fence(conn: Conn, fence_id: str) -> bool:
     cur = await conn.execute("DELETE FROM fences WHERE id = %s", (fence_id,))
     return cur.rowcount > 0

@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -44,7 +44,15 @@ class Param:
     where: str = "query"
 
 
-TIME_SCHEMA: dict[str, Any] = {"type": "string", "format": "date-time"}
+# Times in queries are RFC 3339 or epoch milliseconds, as on the command line.
+TIME_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "description": "epoch milliseconds"},
+    ]
+}
+# A time in a response: always with its offset, and documented as a date-time.
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 @dataclass
@@ -112,12 +120,15 @@ class Api:
             errors,
         )
         self.operations.append(operation)
+        query_names = [p.name for p in operation.params if p.where == "query"]
 
         def decorate(handler: Handler) -> Handler:
             @functools.wraps(handler)
             async def guarded(request: web.Request) -> web.StreamResponse:
-                if role is not None:
+                if role is not None:  # who asks comes first: a stranger learns nothing
                     request[PRINCIPAL] = await authenticate(request, role)
+                for name in query_names:
+                    _present(request, name)
                 return await handler(request)
 
             self.routes.route(method.upper(), path)(guarded)
@@ -159,14 +170,28 @@ def principal(request: web.Request) -> auth.Principal:
 # --- request parsing: every failure is a 400 naming the parameter -----------------------
 
 
+def _present(request: web.Request, name: str) -> str | None:
+    """The parameter's value; an empty one is refused rather than read as absent, so
+    that `?to=` cannot silently widen a query."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if text == "":
+        raise Problem(400, f"query parameter {name!r} is empty; leave it out instead")
+    if "\x00" in text:
+        raise Problem(400, f"query parameter {name!r} contains a NUL character")
+    return text
+
+
 def query_text(request: web.Request, name: str, default: str | None = None) -> str | None:
-    return request.query.get(name, default)
+    text = _present(request, name)
+    return default if text is None else text
 
 
 def query_time(request: web.Request, name: str) -> datetime | None:
     """RFC 3339 (no offset means UTC) or epoch milliseconds."""
-    text = request.query.get(name)
-    if text is None or text == "":
+    text = _present(request, name)
+    if text is None:
         return None
     try:
         if text.lstrip("-").isdigit():
@@ -184,8 +209,8 @@ def query_time(request: web.Request, name: str) -> datetime | None:
 def query_int(
     request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
 ) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
+    text = _present(request, name)
+    if text is None:
         return default
     try:
         value = int(text)
@@ -202,8 +227,8 @@ def query_int(
 
 
 def query_float(request: web.Request, name: str, *, required: bool = False) -> float | None:
-    text = request.query.get(name)
-    if text is None or text == "":
+    text = _present(request, name)
+    if text is None:
         if required:
             raise Problem(400, f"query parameter {name!r} is required")
         return None
@@ -219,8 +244,8 @@ def query_float(request: web.Request, name: str, *, required: bool = False) -> f
 def query_choice(
     request: web.Request, name: str, choices: Sequence[str], default: str | None = None
 ) -> str | None:
-    text = request.query.get(name)
-    if text is None or text == "":
+    text = _present(request, name)
+    if text is None:
         return default
     if text not in choices:
         raise Problem(
@@ -241,6 +266,8 @@ async def body(request: web.Request, kind: type[T]) -> T:
         raise Problem(422, f"invalid body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Problem(400, "the body is nested too deeply") from None
 
 
 def json_response(
@@ -262,6 +289,7 @@ _ERROR_PHRASES = {
     413: "the body is too large",
     422: "the body does not fit the schema",
     429: "too many requests; retry after the Retry-After header",
+    503: "a service FleetPulse needs is unavailable; retry shortly",
 }
 
 

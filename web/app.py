@@ -13,15 +13,39 @@ from aiohttp import web
 
 from fleetpulse.settings import Settings
 from web.api import OPENAPI, Api, openapi_document
+from web.metrics import observe_requests
 from web.problems import problems_middleware
 from web.services import SERVICES, Services, open_services
 
 log = logging.getLogger("fleetpulse.web")
 
 # Modules of REST routes; each has `api`. Order is the order of the OpenAPI document's tags.
-ROUTE_MODULES = ("web.routes.meta",)
+ROUTE_MODULES = (
+    "web.routes.meta",
+    "web.routes.docs",
+    "web.routes.devices",
+    "web.routes.history",
+    "web.routes.events",
+    "web.routes.alerts",
+    "web.routes.fences",
+    "web.routes.basemap",
+    "web.routes.deliveries",
+    "web.routes.tracking",
+    "web.routes.tokens",
+    "web.routes.audit",
+    "web.routes.webhooks",
+    "web.routes.health",
+    "web.routes.metrics",
+)
 # Modules that add websockets, pages or background work: each has `setup(app)`.
-SETUP_MODULES: tuple[str, ...] = ()
+SETUP_MODULES: tuple[str, ...] = (
+    "web.webhooks",
+    "web.metrics",
+    "web.rate_limit",
+    "web.ws_track",
+    "web.ws_dispatch",
+    "web.pages",
+)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -38,7 +62,11 @@ def route_apis() -> list[Api]:
 
 
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[problems_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        # observe_requests first: it times and counts what problems_middleware answers.
+        middlewares=[observe_requests, problems_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[SERVICES] = services
     apis = route_apis()
     for api in apis:

@@ -40,7 +40,9 @@ class ProblemDetails(msgspec.Struct, frozen=True):
     detail: str
 
 
-def problem_response(status: int, detail: str, **extra: Any) -> web.Response:
+def problem_response(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     body = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -48,7 +50,9 @@ def problem_response(status: int, detail: str, **extra: Any) -> web.Response:
         "detail": detail,
         **extra,
     }
-    headers = {"WWW-Authenticate": 'Bearer realm="fleetpulse"'} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="fleetpulse"'
     return web.Response(
         status=status, body=_json.encode(body), content_type=PROBLEM_TYPE, headers=headers
     )
@@ -71,7 +75,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             detail = f"no such resource: {request.path}"
         elif exc.status == 405:
             detail = f"{request.method} is not allowed on {request.path}"
-        return problem_response(exc.status, detail or exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return problem_response(exc.status, detail or exc.reason, kept)
     except (ServiceUnavailable, psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
         log.warning("%s %s: a service is unavailable: %s", request.method, request.path, exc)
         return problem_response(503, "a service FleetPulse needs is unavailable; retry shortly")

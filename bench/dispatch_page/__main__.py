@@ -1,0 +1,3 @@
+from bench.dispatch_page.run import main
+
+raise SystemExit(main())
