@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -106,6 +107,20 @@ def _optional_path(text: str) -> str:
     return text
 
 
+def _optional_absolute_path(text: str) -> str:
+    if text and not Path(text).is_absolute():
+        raise ValueError(f"expected an absolute path, got {text!r}")
+    return text
+
+
+def _command(text: str) -> str:
+    try:
+        shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {text!r} into arguments: {exc}") from None
+    return text
+
+
 def _h3_resolution(text: str) -> int:
     value = _non_negative_int(text)
     if value > 15:
@@ -196,6 +211,7 @@ class Settings:
     share_group: str
     client_id: str
     max_fix_age: timedelta | None
+    device_max_rate: float | None
     batch_size: int
     flush_interval: timedelta
     receive_maximum: int
@@ -234,6 +250,11 @@ class Settings:
     ws_slow_after: timedelta
     webhook_timeout: timedelta
     webhook_max_attempts: int
+    webhook_backoff: timedelta
+    mqtt_password_file: str
+    mqtt_acl_file: str
+    mqtt_pid_file: str
+    mqtt_reload_cmd: str
     log_level: str
     log_format: str
 
@@ -323,6 +344,13 @@ OPTIONS: tuple[Option, ...] = (
         _optional_duration,
         "refuse fixes older than this at arrival, seconds (or 7d, 12h); 0 accepts any age",
         name="max_fix_age_s",
+    ),
+    Option(
+        "device_max_rate",
+        "10",
+        _optional_float,
+        "fixes per second of fix time one device may store, with a minute's burst; beyond"
+        " it they are counted and quarantined as rate_limited (sampled); 0 off",
     ),
     Option("batch_size", "1000", _positive_int, "fixes per database write"),
     Option(
@@ -472,6 +500,36 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "attempts (with backoff) before a webhook delivery is dead-lettered",
     ),
+    Option(
+        "webhook_backoff",
+        "30s",
+        _positive_duration,
+        "wait before a failed webhook delivery's first retry; doubles each time, at most 6h",
+    ),
+    Option(
+        "mqtt_password_file",
+        "",
+        _optional_absolute_path,
+        "Mosquitto password file `fleetpulse devices` writes; empty: none written",
+    ),
+    Option(
+        "mqtt_acl_file",
+        "",
+        _optional_absolute_path,
+        "Mosquitto ACL file `fleetpulse devices` writes, with the password file",
+    ),
+    Option(
+        "mqtt_pid_file",
+        "",
+        _optional_absolute_path,
+        "the broker's pid file: it gets SIGHUP to reload the files after a change",
+    ),
+    Option(
+        "mqtt_reload_cmd",
+        "",
+        _command,
+        "command that reloads the broker instead (systemctl reload mosquitto); no shell",
+    ),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", "text", _log_format, "text, or json for one JSON object per line"),
 )
@@ -524,3 +582,9 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("FLEETPULSE_H3_COARSE_RES", "must be coarser (lower) than the fine one")
     if settings.retention is not None and settings.retention < settings.chunk_interval:
         raise ConfigError("FLEETPULSE_RETENTION", "must be 0 or at least one chunk interval")
+    if bool(settings.mqtt_password_file) != bool(settings.mqtt_acl_file):
+        raise ConfigError(
+            "FLEETPULSE_MQTT_ACL_FILE", "set both MQTT_PASSWORD_FILE and MQTT_ACL_FILE, or neither"
+        )
+    if settings.mqtt_pid_file and settings.mqtt_reload_cmd:
+        raise ConfigError("FLEETPULSE_MQTT_RELOAD_CMD", "set MQTT_PID_FILE or this, not both")

@@ -313,12 +313,107 @@ async def _v5_web(conn: Conn, mode: StorageMode) -> None:
     await conn.execute(_V5_WEB)
 
 
+_V6_WEBHOOKS = """
+-- Integrators' HTTP endpoints and the event kinds each wants (empty: every kind).
+CREATE TABLE webhook_subscriptions (
+    id          text        PRIMARY KEY,
+    url         text        NOT NULL CHECK (url ~* '^https?://'),
+    kinds       text[]      NOT NULL DEFAULT '{}',
+    secret      text        NOT NULL,  -- signs each request; shown once, at creation
+    active      boolean     NOT NULL DEFAULT true,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    description text        NOT NULL DEFAULT ''
+);
+
+-- The outbox: one row per (subscription, event), written in the transaction that stores
+-- the event, so an event is either stored and queued for every subscriber, or neither.
+CREATE TABLE webhook_deliveries (
+    id              bigserial   PRIMARY KEY,  -- X-FleetPulse-Delivery: receivers dedupe on it
+    subscription_id text        NOT NULL REFERENCES webhook_subscriptions (id) ON DELETE CASCADE,
+    event_id        text        NOT NULL,
+    event_kind      text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    status          text        NOT NULL DEFAULT 'pending'
+                                CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    -- A sender owns a row until then; another may take it over only after.
+    leased_until    timestamptz,
+    last_status     integer,  -- the receiver's last HTTP status; NULL: no answer
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    UNIQUE (subscription_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_listing_idx ON webhook_deliveries (subscription_id, status, id);
+
+-- Runs only for rows really inserted: save_events' ON CONFLICT DO NOTHING skips it for an
+-- event stored again, so a replayed event is not queued twice. A row trigger, because
+-- TimescaleDB hypertables support those (not statement triggers with transition tables).
+CREATE FUNCTION webhook_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (subscription_id, event_id, event_kind, payload)
+    SELECT s.id, NEW.id, NEW.kind, jsonb_build_object(
+        'id', NEW.id,
+        'device_id', NEW.device_id,
+        'kind', NEW.kind,
+        'ts', to_char(NEW.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'fence_id', NEW.fence_id,
+        'delivery_id', NEW.delivery_id,
+        'lat', NEW.lat,
+        'lon', NEW.lon,
+        'alt', NEW.alt,
+        'detail', NEW.detail)
+    FROM webhook_subscriptions s
+    WHERE s.active AND (s.kinds = '{}' OR NEW.kind = ANY (s.kinds))
+    ON CONFLICT (subscription_id, event_id) DO NOTHING;
+    IF FOUND THEN
+        -- Identical notifications in one transaction are folded into one by PostgreSQL.
+        PERFORM pg_notify('fleetpulse_webhooks', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_webhook_outbox AFTER INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION webhook_enqueue();
+"""
+
+
+async def _v6_webhooks(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V6_WEBHOOKS)
+
+
+_V7_MQTT_ACCOUNTS = """
+-- Broker accounts of devices and services; the broker's password and ACL files are
+-- written from this table (`fleetpulse devices ...`). Only Mosquitto's PBKDF2 hash of
+-- each password is kept: the password is shown once.
+CREATE TABLE mqtt_accounts (
+    username      text        PRIMARY KEY,
+    device_id     text        UNIQUE REFERENCES devices (device_id) ON DELETE CASCADE,
+    role          text        NOT NULL CHECK (role IN ('device', 'ingest')),
+    password_hash text        NOT NULL CHECK (password_hash LIKE '$7$%'),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    rotated_at    timestamptz,
+    revoked_at    timestamptz,
+    CHECK ((role = 'device') = (device_id IS NOT NULL))
+);
+"""
+
+
+async def _v7_mqtt_accounts(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V7_MQTT_ACCOUNTS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
     Migration(3, "deliveries, ETA predictions, delivery events", _v3_deliveries),
     Migration(4, "speed profiles and detour factors", _v4_profiles),
     Migration(5, "API tokens, audit log, alert acknowledgements", _v5_web),
+    Migration(6, "webhook subscriptions and their delivery outbox", _v6_webhooks),
+    Migration(7, "MQTT accounts of devices and services", _v7_mqtt_accounts),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
