@@ -69,6 +69,26 @@ FENCE = {
     },
     "properties": {"id": "aliados", "name": "Aliados depot"},
 }
+# A circle and a corridor away from the route: drawn, never entered. Their bounds once
+# broke the page before it had a view.
+OTHER_FENCES = [
+    {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [CENTRE[1] + 0.02, CENTRE[0] + 0.02]},
+        "properties": {"id": "yard", "name": "Yard", "radius_m": 80},
+    },
+    {
+        "type": "Feature",
+        "geometry": {
+            "type": "LineString",
+            "coordinates": [
+                [CENTRE[1] - 0.02, CENTRE[0] + 0.02],
+                [CENTRE[1] - 0.01, CENTRE[0] + 0.02],
+            ],
+        },
+        "properties": {"id": "lane", "name": "Bus lane", "width_m": 20},
+    },
+]
 # The van drives north towards the fence: two fixes south of it, then one inside.
 VAN_TRACK = [(CENTRE[0] - 0.004, CENTRE[1]), (CENTRE[0] - 0.0025, CENTRE[1]), CENTRE]
 DRONE = (CENTRE[0] + 0.003, CENTRE[1] + 0.003)
@@ -170,7 +190,13 @@ async def prepare(settings: Settings, *, roads: bool) -> tuple[Settings, str, in
     )
     conn = await connect(settings.database_url)
     try:
-        await store.save_fences(conn, [("aliados", "Aliados depot", FENCE)])
+        await store.save_fences(
+            conn,
+            [
+                ("aliados", "Aliados depot", FENCE),
+                *((f["properties"]["id"], f["properties"]["name"], f) for f in OTHER_FENCES),
+            ],
+        )
     finally:
         await conn.close()
     token = await make_token(settings, "dispatcher", name="dispatch page test")
@@ -250,7 +276,7 @@ async def test_dispatch_page_follows_the_fleet_live(settings: Settings, browser:
                 "return window.fleetpulse.fences && window.fleetpulse.fences.count",
                 "fences",
             )
-            == 1
+            == 1 + len(OTHER_FENCES)
         )
         expected_basemap = "roads" if settings.osm_pbf else "plain"
         assert browser.execute_script("return window.fleetpulse.basemap.mode") == expected_basemap

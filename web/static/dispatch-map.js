@@ -166,7 +166,7 @@ export class Fences {
     this.names = new Map();
     this.corridors = [];
     this.error = null;
-    map.on("zoomend", () => this._fitCorridors());
+    map.on("load zoomend", () => this._fitCorridors());
   }
 
   get count() {
@@ -227,6 +227,7 @@ export class Fences {
   }
 
   _fitCorridor(line) {
+    if (this.map.getZoom() === undefined) return; // no view yet: fitted on the first zoom
     const lat = line.getBounds().getCenter().lat;
     const weight = line.widthM / metresPerPixel(lat, this.map.getZoom());
     line.setStyle({ weight: Math.max(2, weight) });
@@ -237,7 +238,19 @@ export class Fences {
   }
 
   bounds() {
-    const bounds = this.group.getBounds();
+    // A circle's own getBounds() needs a map with a view, which the first placement of
+    // the view is still looking for: circles are measured here instead.
+    const bounds = L.latLngBounds([]);
+    for (const layer of this.byId.values()) {
+      if (layer instanceof L.Circle) {
+        const { lat, lng } = layer.getLatLng();
+        const dLat = layer.getRadius() / 111_320;
+        const dLng = dLat / Math.max(Math.cos((lat * Math.PI) / 180), 0.01);
+        bounds.extend([[lat - dLat, lng - dLng], [lat + dLat, lng + dLng]]);
+      } else {
+        bounds.extend(layer.getBounds());
+      }
+    }
     return bounds.isValid() ? bounds : null;
   }
 
