@@ -8,7 +8,6 @@ import base64
 import csv
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,19 +19,32 @@ from zoneinfo import ZoneInfo
 import msgspec
 import redis.asyncio as redis
 
-from fleetpulse import app
+from fleetpulse import (
+    app,
+    demo,
+    device_credentials,
+    dynsec,
+    env_template,
+    logs,
+    mavlink_bridge,
+    supervisor,
+)
 from fleetpulse.database import connect
 from fleetpulse.errors import ConfigError, FleetPulseError, ServiceUnavailable
 from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
+from fleetpulse.simulation import commands as simulation_commands
 from ingest import store
 from ingest.schema import TELEMETRY_COLUMNS, status
+from mqtt.credentials import ServiceRole
 from mqtt.rejects import Reason
 from tracker import delivery_store, eta_accuracy, geojson, profile_store
 from tracker import store as tracker_store
 from tracker.deliveries import Delivery, DeliveryState, ServiceType
 from tracker.events import Event, EventKind
+from tracker.positions import DeviceKind
 from tracker.redis_live import RedisLive, event_message
-from web import auth
+from web import auth, dispatch_filter, webhook_store
+from web import watch as dispatch_watch
 from web.auth import Role
 
 
@@ -73,14 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, parents=[settings])
 
-    command("config", "print the effective settings, secrets masked")
+    command("config", "print the effective settings, secrets masked").add_argument(
+        "--env-template",
+        action="store_true",
+        help="print every setting with its default and help, as an environment file",
+    )
     db = command("db", "database schema")
     db.add_argument("action", choices=["migrate", "status"])
     for name, help in (
         ("tracker", "run the tracker stage: live state, geofence and device events"),
         ("ingest", "run the ingest stage: MQTT in, every fix stored once"),
         ("web", "run the web app: REST API, websockets and pages"),
-        ("run", "migrate the schema, then run every stage in one process"),
+        (
+            "run",
+            "migrate the schema, then run every stage: in one process, or with --workers"
+            " as supervised processes",
+        ),
     ):
         stage = command(name, help)
         stage.add_argument(
@@ -93,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument(
             "--stats-json", action="store_true", help="print statistics as JSON lines on stdout"
         )
+        if name == "run":
+            supervisor.add_options(stage)
     history = command("history", "print a device's stored fixes in fix-time order")
     history.add_argument("device")
     history.add_argument("--from", dest="start", type=parse_time, metavar="T")
@@ -120,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--from", dest="start", type=parse_time, metavar="T")
     export.add_argument("--to", dest="end", type=parse_time, metavar="T")
     export.add_argument("--format", choices=["jsonl"], default="jsonl")
-    devices = command("devices", "live state of devices (from the trackers, in Redis)")
+    devices = command("devices", "devices: live state (from Redis), groups, broker credentials")
     device_actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = device_actions.add_parser("show", help="one device's live state")
     show.add_argument("id")
@@ -136,6 +158,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups.add_argument("id")
     groups.add_argument("groups", nargs="*", metavar="GROUP")
+    device_add = device_actions.add_parser(
+        "add", help="register a device with broker credentials of its own; password shown once"
+    )
+    device_add.add_argument("id")
+    device_add.add_argument("--kind", choices=[k.value for k in DeviceKind])
+    device_add.add_argument("--groups", nargs="+", metavar="GROUP")
+    for name, help in (
+        ("rotate", "a new broker password (shown once); the old one ends at the broker's reload"),
+        ("revoke", "take a device's or service's broker access away at the broker's reload"),
+    ):
+        device_actions.add_parser(name, help=help).add_argument(
+            "id", help="a device id or a service account's name"
+        )
+    service = device_actions.add_parser(
+        "service-account", help="broker credentials of a FleetPulse process; password shown once"
+    )
+    service.add_argument("name", help="one per ingester: ingest-1, ingest-2, ...")
+    service.add_argument("--role", choices=[r.value for r in ServiceRole], default="ingest")
+    device_actions.add_parser("list-credentials", help="broker accounts, revoked ones included")
+    device_actions.add_parser(
+        "sync-broker",
+        help="write the broker's password and ACL files again and reload it (dynsec: bring"
+        " the plugin up to date)",
+    )
+    dynsec_init = device_actions.add_parser(
+        "dynsec-init",
+        help="dynsec: write the plugin's file (its administrator and every account) from the"
+        " database, for a broker that is not running",
+    )
+    dynsec_init.add_argument("file", type=Path, help="the broker's plugin_opt_config_file")
+    dynsec_init.add_argument(
+        "--replace", action="store_true", help="overwrite it (stop the broker first)"
+    )
     profiles = command("profiles", "speed profiles learned from the fleet's telemetry")
     profile_actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
     profile_actions.add_parser(
@@ -186,8 +241,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     token_actions.add_parser("list", help="one line per token, revoked ones included")
     token_actions.add_parser("revoke", help="revoke a token at once").add_argument("id")
+    webhooks = command("webhooks", "HTTP endpoints that receive events, and their deliveries")
+    webhook_actions = webhooks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    webhook_add = webhook_actions.add_parser("add", help="subscribe a URL; prints its secret once")
+    webhook_add.add_argument("url")
+    webhook_add.add_argument(
+        "--kinds",
+        nargs="+",
+        default=[],
+        choices=[k.value for k in EventKind],
+        metavar="KIND",
+        help="event kinds to receive (default: every kind)",
+    )
+    webhook_add.add_argument("--description", default="")
+    webhook_actions.add_parser("list", help="one JSON line per subscription")
+    webhook_deliveries = webhook_actions.add_parser("deliveries", help="newest first, JSON lines")
+    webhook_deliveries.add_argument("--webhook", metavar="ID")
+    webhook_deliveries.add_argument("--status", choices=webhook_store.STATUSES)
+    webhook_deliveries.add_argument("--limit", type=int, default=webhook_store.LISTING_LIMIT)
+    webhook_replay = webhook_actions.add_parser("replay", help="send a dead or delivered one again")
+    webhook_replay.add_argument("id", type=int)
+    webhook_actions.add_parser("remove", help="delete a subscription").add_argument("id")
+    watcher = command("watch", "follow the dispatch stream in the terminal: events, fleet summary")
+    watcher.add_argument(
+        "--url", help="the web app's address (default: FLEETPULSE_PUBLIC_URL, else WEB_HOST:PORT)"
+    )
+    watcher.add_argument("--token", help=f"a viewer token (default: ${dispatch_watch.TOKEN_ENV})")
+    watcher.add_argument("--devices", metavar="ID,...", help="only these devices")
+    watcher.add_argument("--kinds", metavar="KIND,...", help="only events of these kinds")
+    watcher.add_argument("--bbox", metavar="S,W,N,E", help="only positions inside this box")
+    watcher.add_argument("--json", action="store_true", help="every message as a JSON line")
+    watcher.add_argument(
+        "--every", type=float, default=2.0, metavar="S", help="seconds between summaries"
+    )
     stats = command("stats", "devices, fixes and rejects in the database")
     stats.add_argument("--json", action="store_true")
+    simulation_commands.add_commands(command)
+    mavlink_bridge.add_command(command)
+    demo.add_command(command)
     return parser
 
 
@@ -200,11 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fleetpulse: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     handler = _COMMANDS[args.command]
     try:
         asyncio.run(handler(settings, args))
@@ -219,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _config(settings: Settings, args: argparse.Namespace) -> None:
+    if args.env_template:
+        print(env_template.render(), end="")
+        return
     for name, value in settings.masked().items():
         print(f"{name}={value}")
 
@@ -267,6 +357,10 @@ async def _web(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
+    workers = supervisor.workers_from(args)
+    if workers is not None:
+        await supervisor.command(settings, args, workers)
+        return
     await app.prepare_database(settings)
     await _run_stages(settings, args, ingest=True, tracker=True, web=True)
 
@@ -545,6 +639,9 @@ async def _events(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _devices(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action in _CREDENTIAL_ACTIONS:
+        await _device_credentials(settings, args)
+        return
     if args.action == "set-groups":
         conn = await connect(settings.database_url)
         try:
@@ -574,6 +671,72 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> None:
         print(msgspec.json.encode(device).decode())
 
 
+_CREDENTIAL_ACTIONS = {
+    "add",
+    "rotate",
+    "revoke",
+    "service-account",
+    "list-credentials",
+    "sync-broker",
+    "dynsec-init",
+}
+
+
+async def _device_credentials(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url)
+    issued: device_credentials.Issued | None = None
+    try:
+        if args.action == "list-credentials":
+            for info in await device_credentials.listing(conn):
+                print(json.dumps(dataclasses.asdict(info), default=lambda t: t.isoformat()))
+            return
+        if args.action == "dynsec-init":
+            count = await dynsec.write_initial_config(
+                conn, settings, args.file, replace=args.replace
+            )
+            print(f"{args.file}: the administrator and {count} accounts", file=sys.stderr)
+            return
+        if args.action == "add":
+            kind = DeviceKind(args.kind) if args.kind else None
+            issued = await device_credentials.add_device(
+                conn, args.id, kind=kind, groups=args.groups
+            )
+        elif args.action == "service-account":
+            issued = await device_credentials.add_service_account(
+                conn, args.name, ServiceRole(args.role)
+            )
+        elif args.action == "rotate":
+            issued = await device_credentials.rotate(conn, args.id)
+        elif args.action == "revoke":
+            username = await device_credentials.revoke(conn, args.id)
+            print(f"revoked {args.id} (broker username {username})", file=sys.stderr)
+        if (
+            args.action == "service-account"
+            and settings.share_group == "ingest"
+            and settings.mqtt_auth_backend == "files"
+        ):
+            print(
+                "warning: FLEETPULSE_SHARE_GROUP is the default 'ingest': a device could join"
+                " that group and take messages from the ingesters (docs/device-security.md)",
+                file=sys.stderr,
+            )
+        if issued is not None:
+            # Printed before the broker is touched: a broker problem must not lose it.
+            print("the password is shown only now; give it to the device:", file=sys.stderr)
+            print(json.dumps(dataclasses.asdict(issued)), flush=True)
+        synced = await device_credentials.sync_broker(conn, settings, issued)
+    finally:
+        await conn.close()
+    if synced.accounts is None:
+        print(
+            "warning: FLEETPULSE_MQTT_PASSWORD_FILE and _ACL_FILE are not set, so the broker"
+            " does not know of this yet; `fleetpulse devices sync-broker` writes its files",
+            file=sys.stderr,
+        )
+    else:
+        print(f"broker: {synced.accounts} accounts; {synced.reload}", file=sys.stderr)
+
+
 async def _tokens(settings: Settings, args: argparse.Namespace) -> None:
     conn = await connect(settings.database_url)
     try:
@@ -590,6 +753,69 @@ async def _tokens(settings: Settings, args: argparse.Namespace) -> None:
             raise FleetPulseError(f"no active token {args.id!r}")
     finally:
         await conn.close()
+
+
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
+    conn = await connect(settings.database_url)
+    try:
+        if args.action == "add":
+            try:
+                created, secret = await webhook_store.create(
+                    conn, args.url, args.kinds, description=args.description
+                )
+            except webhook_store.InvalidSubscription as exc:
+                raise FleetPulseError(str(exc)) from None
+            print("the secret is shown only now; give it to the receiver:", file=sys.stderr)
+            print(json.dumps({**_webhook_record(created), "secret": secret}))
+        elif args.action == "list":
+            for subscription in await webhook_store.listing(conn):
+                print(json.dumps(_webhook_record(subscription)))
+        elif args.action == "deliveries":
+            for delivery in await webhook_store.deliveries(
+                conn, subscription_id=args.webhook, status=args.status, limit=max(args.limit, 1)
+            ):
+                record = dataclasses.asdict(delivery)
+                print(json.dumps(record, default=lambda t: t.isoformat()))
+        elif args.action == "replay":
+            try:
+                replayed = await webhook_store.replay(conn, args.id)
+            except webhook_store.NotReplayable as exc:
+                raise FleetPulseError(str(exc)) from None
+            if replayed is None:
+                raise FleetPulseError(f"no webhook delivery {args.id}")
+            print(f"delivery {args.id} is pending again", file=sys.stderr)
+        elif not await webhook_store.remove(conn, args.id):
+            raise FleetPulseError(f"no webhook {args.id!r}")
+    finally:
+        await conn.close()
+
+
+def _webhook_record(subscription: webhook_store.Subscription) -> dict[str, Any]:
+    return {**dataclasses.asdict(subscription), "created_at": subscription.created_at.isoformat()}
+
+
+async def _watch(settings: Settings, args: argparse.Namespace) -> None:
+    token = args.token or os.environ.get(dispatch_watch.TOKEN_ENV)
+    if not token:
+        raise FleetPulseError(
+            f"a token is needed: --token or {dispatch_watch.TOKEN_ENV} (fleetpulse tokens create)"
+        )
+    try:
+        dispatch_filter.from_query(args.bbox, args.devices, args.kinds)
+    except dispatch_filter.FilterError as exc:
+        raise FleetPulseError(f"--{exc}") from None
+    if not args.every > 0:
+        raise FleetPulseError(f"--every: must be greater than 0, got {args.every}")
+    options = dispatch_watch.WatchOptions(
+        url=args.url or settings.web_base_url,
+        token=token,
+        devices=args.devices,
+        kinds=args.kinds,
+        bbox=args.bbox,
+        json=args.json,
+        every_s=args.every,
+    )
+    await dispatch_watch.watch(options)
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
@@ -609,4 +835,10 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any
     "eta": _eta,
     "profiles": _profiles,
     "devices": _devices,
+    "watch": _watch,
+    "webhooks": _webhooks,
+    "simulate": simulation_commands.simulate,
+    "replay": simulation_commands.replay_files,
+    "mavlink-bridge": mavlink_bridge.run_command,
+    "demo": demo.command,
 }

@@ -1,5 +1,7 @@
 """Broker accounts of devices and services: kept in PostgreSQL, written out as
-Mosquitto's password and ACL files, and the broker told to reload them.
+Mosquitto's password and ACL files, and the broker told to reload them (or, with
+FLEETPULSE_MQTT_AUTH_BACKEND=dynsec, given to the dynamic security plugin by
+`fleetpulse.dynsec`).
 
 PostgreSQL is the record (table `mqtt_accounts`, only password hashes); the files are
 derived from it, so `sync_broker` can always write them again (a new broker, a restore).
@@ -17,7 +19,7 @@ import os
 import shlex
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -221,31 +223,58 @@ async def listing(conn: Conn) -> list[AccountInfo]:
     return [AccountInfo(*row) for row in await cur.fetchall()]
 
 
-async def sync_broker(conn: Conn, settings: Settings) -> BrokerSync:
-    """Write the files from the database as it stands, then have the broker reload."""
+async def sync_broker(conn: Conn, settings: Settings, issued: Issued | None = None) -> BrokerSync:
+    """Write the files from the database as it stands, then have the broker reload; or,
+    with FLEETPULSE_MQTT_AUTH_BACKEND=dynsec, bring the dynamic security plugin there
+    (`issued`: the change's new password, which only that way reaches the plugin)."""
+    if settings.mqtt_auth_backend == "dynsec":
+        from fleetpulse import dynsec  # it builds on this module
+
+        passwords = {issued.username: issued.password} if issued else {}
+        return await dynsec.sync_broker(conn, settings, passwords)
     if not settings.mqtt_password_file:
         return BrokerSync(None, "no broker files configured (FLEETPULSE_MQTT_PASSWORD_FILE)")
-    await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-    try:
+    async with accounts_lock(conn):
         written = await _write_from_database(conn, settings)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return BrokerSync(written, await reload_broker(settings))
 
 
-async def active_accounts(conn: Conn, scheme: TopicScheme) -> list[Account]:
+@contextlib.asynccontextmanager
+async def accounts_lock(conn: Conn) -> AsyncIterator[None]:
+    """Held around "read the accounts, give them to the broker": of two commands at
+    once, the last to reach the broker has read the newer state."""
+    await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    username: str
+    device_id: str | None
+    role: str
+    password_hash: str
+
+
+async def active_rows(conn: Conn) -> list[AccountRow]:
     cur = await conn.execute(
         "SELECT username, device_id, role, password_hash FROM mqtt_accounts"
         " WHERE revoked_at IS NULL ORDER BY username"
     )
+    return [AccountRow(*row) for row in await cur.fetchall()]
+
+
+async def active_accounts(conn: Conn, scheme: TopicScheme) -> list[Account]:
     accounts = []
-    for username, device_id, role, password_hash in await cur.fetchall():
+    for row in await active_rows(conn):
         grants = (
-            credentials.device_grants(device_id, scheme)
-            if role == DEVICE_ROLE
-            else credentials.service_grants(ServiceRole(role), scheme)
+            credentials.device_grants(row.device_id, scheme)
+            if row.role == DEVICE_ROLE and row.device_id is not None
+            else credentials.service_grants(ServiceRole(row.role), scheme)
         )
-        accounts.append(Account(username, password_hash, grants))
+        accounts.append(Account(row.username, row.password_hash, grants))
     return accounts
 
 
