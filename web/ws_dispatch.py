@@ -23,6 +23,7 @@ import psycopg_pool
 import redis.asyncio as redis
 from aiohttp import WSMsgType, web
 
+from fleetpulse import process_stats
 from fleetpulse.errors import ServiceUnavailable
 from tracker.live import LiveDevice
 from tracker.redis_live import DEVICE_KEY_PREFIX, LIVE_GEO_KEY, EventMessage
@@ -128,6 +129,10 @@ class _Snapshot:
             + _json.encode(self.devices)
             + b',"alerts":'
             + _json.encode(self.alerts)
+            + b',"worker":'
+            # Which web worker serves the connection: with several behind one port, what
+            # an operator (or a test) needs to tell them apart.
+            + _json.encode(process_stats.process_name())
             + b"}"
         )
 
