@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import socket
@@ -107,6 +108,16 @@ def _optional_path(text: str) -> str:
     return text
 
 
+def _auth_backend(text: str) -> str:
+    if text not in ("files", "dynsec"):
+        raise ValueError(f"expected files or dynsec, got {text!r}")
+    return text
+
+
+def _optional_mqtt_url(text: str) -> str:
+    return _url("mqtt", "mqtts")(text) if text else ""
+
+
 def _optional_absolute_path(text: str) -> str:
     if text and not Path(text).is_absolute():
         raise ValueError(f"expected an absolute path, got {text!r}")
@@ -140,6 +151,11 @@ def _name(text: str) -> str:
     return text
 
 
+def _share_group(text: str) -> str:
+    """Empty: no shared subscription, for a lone ingester (see the option's help)."""
+    return text if text == "" else _name(text)
+
+
 def _time_zone(text: str) -> str:
     try:
         ZoneInfo(text)
@@ -155,6 +171,16 @@ def _log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
     return level
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"expected an IP address or network, got {part!r}") from None
+    return tuple(networks)
 
 
 def _log_format(text: str) -> str:
@@ -246,6 +272,7 @@ class Settings:
     reveal_eta: timedelta
     reveal_stops: int
     public_rate_limit: int
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     ws_queue: int
     ws_slow_after: timedelta
     webhook_timeout: timedelta
@@ -255,6 +282,8 @@ class Settings:
     mqtt_acl_file: str
     mqtt_pid_file: str
     mqtt_reload_cmd: str
+    mqtt_auth_backend: str
+    mqtt_admin_url: str
     log_level: str
     log_format: str
 
@@ -273,10 +302,17 @@ class Settings:
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "0 (off)"
+    return "0 (off)" if value is None else setting_text(value)
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as the text `load_settings` reads back to the same value."""
+    if value is None:  # an optional setting that is off
+        return "0"
     if isinstance(value, timedelta):
         return format_duration(value)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return str(value)
 
 
@@ -331,7 +367,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("topic_prefix", "fleet", _topic_level, "first topic level of device topics"),
     Option("owntracks_prefix", "owntracks", _topic_level, "topic prefix of OwnTracks phones"),
-    Option("share_group", "ingest", _name, "shared-subscription group the ingesters join"),
+    Option(
+        "share_group",
+        "ingest",
+        _share_group,
+        "shared-subscription group the ingesters join; empty for a lone ingester: a plain"
+        " subscription, which Mosquitto 2.0 keeps across its restart (a shared one it forgets)",
+    ),
     Option(
         "client_id",
         f"fleetpulse-ingest-{socket.gethostname()}"[:64],
@@ -486,6 +528,13 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "requests per minute per client address on customer (token) endpoints, all workers",
     ),
+    Option(
+        "trusted_proxies",
+        "",
+        _networks,
+        "comma-separated addresses/networks of our reverse proxies, whose X-Forwarded-For "
+        "names the client (rate limits); empty: the peer is the client",
+    ),
     Option("ws_queue", "1000", _positive_int, "messages queued per websocket client"),
     Option(
         "ws_slow_after",
@@ -529,6 +578,22 @@ OPTIONS: tuple[Option, ...] = (
         "",
         _command,
         "command that reloads the broker instead (systemctl reload mosquitto); no shell",
+    ),
+    Option(
+        "mqtt_auth_backend",
+        "files",
+        _auth_backend,
+        "where `fleetpulse devices` puts broker accounts: files (Mosquitto's password and"
+        " ACL files) or dynsec (Mosquitto's dynamic security plugin, which also refuses"
+        " a device's SUBSCRIBE outside its rights)",
+    ),
+    Option(
+        "mqtt_admin_url",
+        "",
+        _optional_mqtt_url,
+        "dynsec: mqtt://user:password@host:port of the plugin's administrator, for"
+        " `fleetpulse devices` only (not the ingesters' MQTT_URL)",
+        secret=True,
     ),
     Option("log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", "text", _log_format, "text, or json for one JSON object per line"),
@@ -588,3 +653,9 @@ def _check_consistency(settings: Settings) -> None:
         )
     if settings.mqtt_pid_file and settings.mqtt_reload_cmd:
         raise ConfigError("FLEETPULSE_MQTT_RELOAD_CMD", "set MQTT_PID_FILE or this, not both")
+    if settings.mqtt_auth_backend == "dynsec" and settings.mqtt_password_file:
+        raise ConfigError(
+            "FLEETPULSE_MQTT_PASSWORD_FILE",
+            "belongs to MQTT_AUTH_BACKEND=files; the dynamic security plugin keeps its"
+            " accounts itself: unset it and MQTT_ACL_FILE",
+        )

@@ -64,12 +64,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from fleetpulse.errors import FleetPulseError
-from fleetpulse.settings import OPTIONS, Settings, format_duration, load_settings
+from fleetpulse.settings import OPTIONS, Settings, load_settings, setting_text
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +151,7 @@ def plan(settings: Settings, workers: Workers) -> list[ChildSpec]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as the FLEETPULSE_* variable `load_settings` reads back to the same
     value: how the children get the supervisor's settings, CLI flags included."""
-    return {option.env: _text(getattr(settings, option.field)) for option in OPTIONS}
-
-
-def _text(value: Any) -> str:
-    if value is None:  # an optional setting that is off
-        return "0"
-    if isinstance(value, timedelta):
-        return format_duration(value)
-    return str(value)
+    return {option.env: setting_text(getattr(settings, option.field)) for option in OPTIONS}
 
 
 class CrashHistory:

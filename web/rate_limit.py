@@ -72,6 +72,28 @@ def retry_after_s(current: int, previous: int, elapsed_s: float, limit: int) -> 
     return max(1, math.ceil(wait))
 
 
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Networks) -> str | None:
+    """The client behind our own reverse proxies: the peer, unless it is a trusted proxy,
+    then the right-most address of X-Forwarded-For that is not one. Addresses left of it
+    were written by the client and prove nothing."""
+    address = peer
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    while address is not None and _within(address, trusted) and hops:
+        address = hops.pop()
+    return address
+
+
+def _within(address: str, networks: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def client_key(address: str | None) -> str:
     """Whom a request is counted against: its peer address (an IPv6 one by /64)."""
     if not address:
@@ -122,7 +144,12 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if not request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     limiter = request.app[RATE_LIMITER]
-    verdict = await limiter.check(client_key(request.remote))
+    address = client_address(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        request.app[SERVICES].settings.trusted_proxies,
+    )
+    verdict = await limiter.check(client_key(address))
     if verdict.allowed:
         return await handler(request)
     response = problem_response(

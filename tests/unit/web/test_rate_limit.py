@@ -4,9 +4,11 @@ tests/integration/web/test_tracking_api.py.)"""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from web.rate_limit import WINDOW_S, client_key, retry_after_s
+from web.rate_limit import WINDOW_S, client_address, client_key, retry_after_s
 
 
 def allowed(current: int, previous: int, elapsed_s: float, limit: int) -> bool:
@@ -68,3 +70,21 @@ def test_a_full_window_with_a_limit_of_one_waits_for_it_to_slide_out() -> None:
 )
 def test_clients_are_counted_by_address_and_ipv6_by_prefix(address: str | None, key: str) -> None:
     assert client_key(address) == key
+
+
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def test_the_client_is_the_peer_unless_the_peer_is_our_proxy() -> None:
+    assert client_address("203.0.113.9", "198.51.100.1", PROXIES) == "203.0.113.9"
+    assert client_address("10.0.0.5", "198.51.100.1", PROXIES) == "198.51.100.1"
+    assert client_address("10.0.0.5", None, PROXIES) == "10.0.0.5"
+    assert client_address("10.0.0.5", "198.51.100.1", ()) == "10.0.0.5"
+
+
+def test_forwarded_addresses_the_client_wrote_itself_are_not_believed() -> None:
+    # The client claims 1.2.3.4; our two proxies appended the real client and themselves.
+    chain = "1.2.3.4, 198.51.100.7, 10.0.0.9"
+    assert client_address("10.0.0.5", chain, PROXIES) == "198.51.100.7"
+    # Only proxies all the way: the left-most one we reached is all we know.
+    assert client_address("::1", "10.0.0.2, 10.0.0.3", PROXIES) == "10.0.0.2"
