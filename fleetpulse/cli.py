@@ -29,6 +29,7 @@ from fleetpulse import (
     mavlink_bridge,
     supervisor,
 )
+from fleetpulse.arguments import lat_lon
 from fleetpulse.database import connect
 from fleetpulse.errors import ConfigError, FleetPulseError, ServiceUnavailable
 from fleetpulse.settings import OPTIONS, Settings, load_settings, mask_url
@@ -43,7 +44,7 @@ from tracker.deliveries import Delivery, DeliveryState, ServiceType
 from tracker.events import Event, EventKind
 from tracker.positions import DeviceKind
 from tracker.redis_live import RedisLive, event_message
-from web import auth, dispatch_filter, webhook_store
+from web import auth, dispatch_filter, history_formats, webhook_store
 from web import watch as dispatch_watch
 from web.auth import Role
 
@@ -212,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("id")
     for sub, required in ((create, True), (update, False)):
         sub.add_argument("--vehicle", required=required, help="the vehicle or drone serving it")
-        sub.add_argument("--dest", type=_lat_lon, required=required, metavar="LAT,LON")
+        sub.add_argument("--dest", type=lat_lon, required=required, metavar="LAT,LON")
         sub.add_argument("--radius-m", type=float, help="drop-zone radius (default 50)")
         sub.add_argument("--window-start", type=parse_time, required=required, metavar="T")
         sub.add_argument("--window-end", type=parse_time, required=required, metavar="T")
@@ -375,17 +376,9 @@ async def _history(settings: Settings, args: argparse.Namespace) -> None:
             if writer is None:
                 sys.stdout.write(msgspec.json.encode(fix).decode() + "\n")
             else:
-                writer.writerow(_csv_value(getattr(fix, c)) for c in TELEMETRY_COLUMNS)
+                writer.writerow(history_formats.csv_row(fix))
     finally:
         await conn.close()
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 async def _quarantine(settings: Settings, args: argparse.Namespace) -> None:
@@ -438,16 +431,6 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> None:
         print(f"quarantined {reason}: {n}")
     for name, n in totals["counters"].items():
         print(f"{name}: {n}")
-
-
-def _lat_lon(text: str) -> tuple[float, float]:
-    try:
-        lat, lon = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a position on Earth")
-    return lat, lon
 
 
 def _delivery_record(delivery: Delivery) -> dict[str, Any]:
