@@ -34,6 +34,10 @@ MAX_PACKETS_PER_READ = 256
 QUEUE_HIGH_WATER_WINDOWS = 2
 
 
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker answered a SUBSCRIBE with a failure code (an ACL, say)."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
@@ -221,7 +225,16 @@ class Subscription:
         self._open = True
         try:
             for topic_filter in self._filters:
-                await self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
+                granted = await self._client.subscribe(
+                    topic_filter, options=SubscribeOptions(qos=1)
+                )
+                refused = [code for code in granted if getattr(code, "is_failure", False)]
+                if refused:
+                    # Left unchecked, a refused subscription is an ingester that idles.
+                    raise SubscriptionRefused(
+                        f"the broker refused the subscription to {topic_filter!r} "
+                        f"({refused[0]}); the account needs the rights of an ingester"
+                    )
             self._client.may_pause = True
         except BaseException:
             await self.__aexit__(None, None, None)

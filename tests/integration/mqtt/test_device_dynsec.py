@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from fleetpulse.database import Conn, connect
 from fleetpulse.local_servers import Mosquitto, free_port
 from fleetpulse.settings import Settings
 from mqtt import credentials, dynsec_state
-from mqtt.client import Endpoint
+from mqtt.client import Endpoint, Subscription, SubscriptionRefused
 from mqtt.credentials import ServiceRole
 from mqtt.dynsec_state import BrokerState
 from mqtt.topics import TopicScheme
@@ -268,6 +268,19 @@ async def test_an_ingester_may_subscribe_plainly_or_in_any_group(plugin: Dynsec)
     for topic_filter in ("#", "other/#", "$SYS/#", "$share/ingest/#"):
         assert ingester.subscribe(topic_filter) == [NOT_AUTHORIZED], topic_filter
     assert ingester.publish("fleet/van-a/telemetry", "forged") == NOT_AUTHORIZED
+
+
+async def test_an_ingester_with_a_devices_account_fails_loudly(plugin: Dynsec) -> None:
+    """A refused subscription must not leave an ingester idling as if all were well."""
+    await plugin.start()
+    van = await plugin.device("van-a")
+    url = f"mqtt://{van.username}:{van.password}@127.0.0.1:{plugin.broker.port}"
+    subscription = Subscription(
+        url, van.username, SCHEME.shared_filters("ingest"), 100, timedelta(minutes=1)
+    )
+    with pytest.raises(SubscriptionRefused, match="refused the subscription"):
+        async with subscription:
+            pass
 
 
 async def test_revocation_takes_effect_without_a_restart(plugin: Dynsec) -> None:
