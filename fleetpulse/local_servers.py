@@ -28,13 +28,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _set(text: str, directive: str, value: str) -> str:
+def set_directive(text: str, directive: str, value: str) -> str:
     """Replace a directive's first line (or append it) in a key-value config file."""
     line = f"{directive} {value}"
     pattern = re.compile(rf"(?m)^{re.escape(directive)}\s.*$")
     if pattern.search(text):
-        return pattern.sub(line.replace("\\", "\\\\"), text, count=1)
-    return text + "\n" + line + "\n"
+        return pattern.sub(lambda _: line, text, count=1)
+    return f"{text}\n{line}\n"
+
+
+def mosquitto_config(template: str, port: int, data_dir: Path) -> str:
+    """The project's Mosquitto configuration for a private broker: its one listener on
+    127.0.0.1:`port`, its persistence in `data_dir`."""
+    text = re.sub(r"(?m)^listener\s+\d+.*$", f"listener {port} 127.0.0.1", template, count=1)
+    return set_directive(text, "persistence_location", f"{data_dir}/")
+
+
+def redis_config(template: str, port: int, data_dir: Path) -> str:
+    """The project's Redis configuration for a private server on 127.0.0.1:`port`,
+    keeping its files in `data_dir` (Valkey reads it as well)."""
+    text = set_directive(template, "port", str(port))
+    text = set_directive(text, "bind", "127.0.0.1")
+    return set_directive(text, "dir", str(data_dir))
 
 
 class LocalServer(abc.ABC):
@@ -124,12 +139,8 @@ class Mosquitto(LocalServer):
     config_name = "mosquitto/mosquitto.conf"
 
     def render(self, template: str) -> str:
-        text = re.sub(
-            r"(?m)^listener\s+\d+.*$", f"listener {self.port} 127.0.0.1", template, count=1
-        )
-        text = _set(text, "persistence_location", f"{self.data_dir}/")
-        _let_user_write(self.data_dir, "mosquitto")
-        return text
+        let_mosquitto_write(self.data_dir)
+        return mosquitto_config(template, self.port, self.data_dir)
 
     def command(self, binary: str, config: Path) -> list[str]:
         return [binary, "-c", str(config)]
@@ -141,20 +152,18 @@ class Redis(LocalServer):
     config_name = "redis/redis.conf"
 
     def render(self, template: str) -> str:
-        text = _set(template, "port", str(self.port))
-        text = _set(text, "bind", "127.0.0.1")
-        return _set(text, "dir", str(self.data_dir))
+        return redis_config(template, self.port, self.data_dir)
 
     def command(self, binary: str, config: Path) -> list[str]:
         return [binary, str(config)]
 
 
-def _let_user_write(directory: Path, user: str) -> None:
+def let_mosquitto_write(directory: Path) -> None:
     """Started as root, Mosquitto drops to its own user before it saves its persistence
     file, so that user must own the data directory."""
     if os.geteuid() != 0:
         return
     try:
-        shutil.chown(directory, user=user)
+        shutil.chown(directory, user="mosquitto")
     except (LookupError, OSError):
         return  # no such user: the server then keeps running as root

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fleetpulse.arguments import positive
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.settings import Settings
 from fleetpulse.simulation import mavlink
@@ -221,12 +222,9 @@ def _rate_hz(text: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    value = positive(text)
+    if math.isinf(value):  # a heartbeat or a report never due is no setting
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
     return value
 
 

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from fleetpulse.arguments import whole
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.settings import OPTIONS, Settings, load_settings, setting_text
 
@@ -529,19 +530,6 @@ async def supervise(
 # --- the command line -----------------------------------------------------------------
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
-        return value
-
-    return parse
-
-
 def add_options(parser: argparse.ArgumentParser) -> None:
     """`fleetpulse run`'s options for running the stages as supervised processes."""
     group = parser.add_argument_group(
@@ -549,15 +537,15 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers",
-        type=_count(1),
+        type=whole(1),
         metavar="N",
         help="processes of each stage; the three options below override it per stage",
     )
-    group.add_argument("--ingesters", type=_count(0), metavar="N", help="ingest processes")
-    group.add_argument("--trackers", type=_count(0), metavar="N", help="tracker processes")
+    group.add_argument("--ingesters", type=whole(0), metavar="N", help="ingest processes")
+    group.add_argument("--trackers", type=whole(0), metavar="N", help="tracker processes")
     group.add_argument(
         "--web-workers",
-        type=_count(0),
+        type=whole(0),
         metavar="N",
         help="web processes, sharing FLEETPULSE_WEB_PORT",
     )

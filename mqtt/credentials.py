@@ -82,29 +82,17 @@ class Account:
 def check_device_id(device_id: str) -> str:
     """The id, if it can name a device in topics and on the broker; else InvalidName
     saying what is wrong (a wildcard or '/' in an id would widen the device's grants)."""
-    _check_common(device_id, "device id")
-    if not _DEVICE_ID.fullmatch(device_id):
-        bad = next(c for c in device_id if not _DEVICE_ID.fullmatch(c))
-        raise InvalidName(
-            f"device id {device_id!r}: {_describe(bad)} is not allowed; use letters,"
-            " digits, '_', '.', ':' and '-'"
-        )
-    return device_id
+    return _check_name(device_id, "device id", _DEVICE_ID, "'_', '.', ':' and '-'")
 
 
 def check_account_name(name: str) -> str:
     """A service account's name: also its username, so no ':' (see above)."""
-    _check_common(name, "account name")
-    if not _ACCOUNT_NAME.fullmatch(name):
-        bad = next(c for c in name if not _ACCOUNT_NAME.fullmatch(c))
-        raise InvalidName(
-            f"account name {name!r}: {_describe(bad)} is not allowed; use letters,"
-            " digits, '_', '.' and '-'"
-        )
-    return name
+    return _check_name(name, "account name", _ACCOUNT_NAME, "'_', '.' and '-'")
 
 
-def _check_common(name: str, what: str) -> None:
+def _check_name(name: str, what: str, allowed: re.Pattern[str], punctuation: str) -> str:
+    """`name` if it is a `what` made only of `allowed` characters (letters, digits and
+    `punctuation`); else InvalidName naming the first thing wrong."""
     if not name:
         raise InvalidName(f"a {what} cannot be empty")
     if len(name) > MAX_NAME_LENGTH:
@@ -119,6 +107,12 @@ def _check_common(name: str, what: str) -> None:
     ):
         if char in name:
             raise InvalidName(f"{what} {name!r} contains {why}")
+    if not allowed.fullmatch(name):
+        bad = next(c for c in name if not allowed.fullmatch(c))
+        raise InvalidName(
+            f"{what} {name!r}: {_describe(bad)} is not allowed; use letters, digits, {punctuation}"
+        )
+    return name
 
 
 def _describe(char: str) -> str:

@@ -110,6 +110,18 @@ def make_settings(**values: Any) -> Settings:
     return load_settings(env)
 
 
+def with_options(settings: Settings, **values: str) -> Settings:
+    """The same private servers and web port, with other settings (as the environment
+    would give them, e.g. reorder_window="0")."""
+    return make_settings(
+        database_url=settings.database_url,
+        mqtt_url=settings.mqtt_url,
+        redis_url=settings.redis_url,
+        web_port=settings.web_port,
+        **values,
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Redis]:
     with Redis() as server:

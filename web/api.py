@@ -206,6 +206,15 @@ def query_time(request: web.Request, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def query_period(request: web.Request) -> tuple[datetime | None, datetime | None]:
+    """`from` and `to` (see query_time), each optional, `from` before `to` when both are
+    given."""
+    start, end = query_time(request, "from"), query_time(request, "to")
+    if start is not None and end is not None and start >= end:
+        raise Problem(400, f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})")
+    return start, end
+
+
 def query_int(
     request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
 ) -> int:
@@ -276,6 +285,11 @@ def json_response(
     return web.Response(
         body=_json.encode(value), status=status, content_type="application/json", headers=headers
     )
+
+
+def next_page_link(request: web.Request, cursor: str) -> str:
+    """The Link header's value that names the next page: this request with `after`."""
+    return f'<{request.rel_url.update_query(after=cursor)}>; rel="next"'
 
 
 # --- the OpenAPI document -----------------------------------------------------------------

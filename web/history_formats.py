@@ -288,6 +288,12 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
+def csv_row(fix: Fix) -> list[Any]:
+    """One fix as a CSV row under TELEMETRY_COLUMNS, as the API and `fleetpulse history
+    --format csv` both write it."""
+    return [_csv_value(getattr(fix, c)) for c in TELEMETRY_COLUMNS]
+
+
 class _Csv:
     """RFC 4180 with a header row; the columns and values of `fleetpulse history`."""
 
@@ -295,7 +301,7 @@ class _Csv:
         return self._rows([TELEMETRY_COLUMNS])
 
     def body(self, fixes: Sequence[Fix]) -> bytes:
-        return self._rows([_csv_value(getattr(fix, c)) for c in TELEMETRY_COLUMNS] for fix in fixes)
+        return self._rows(csv_row(fix) for fix in fixes)
 
     def tail(self) -> bytes:
         return b""

@@ -16,9 +16,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -182,6 +183,20 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
+def _by_label(
+    make: Callable[[str, str, Iterable[str]], Family],
+    name: str,
+    doc: str,
+    label: str,
+    values: Mapping[Any, float],
+) -> Family:
+    """A family with a sample per key of `values`, in key order, the key as `label`."""
+    family = make(name, doc, [label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
+
+
 def reading_families(reading: FleetReading) -> Iterator[Metric]:
     """Metric families from one reading of PostgreSQL and Redis."""
     up = _gauge("fleetpulse_source_up", "1 if /metrics could read the source", ["source"])
@@ -193,28 +208,26 @@ def reading_families(reading: FleetReading) -> Iterator[Metric]:
     yield read
     if reading.redis is not None:
         yield from _process_families(reading)
-        streams = _gauge(
+        yield _by_label(
+            _gauge,
             "fleetpulse_handoff_stream_entries",
             "Entries held in the ingest-to-tracker hand-off stream (XLEN), per partition",
-            ["partition"],
+            "partition",
+            reading.redis.stream_lengths,
         )
-        for partition, length in sorted(reading.redis.stream_lengths.items()):
-            streams.add_metric([str(partition)], length)
-        yield streams
         live = _gauge("fleetpulse_live_devices", "Devices with a live position in Redis")
         live.add_metric([], reading.redis.live_devices)
         yield live
     lag = reading.tracker_lag_s()
     if lag:
-        family = _gauge(
+        yield _by_label(
+            _gauge,
             "fleetpulse_tracker_lag_seconds",
             "Entry time of the newest hand-off entry minus that of the last one the"
             " partition's tracker checkpointed",
-            ["partition"],
+            "partition",
+            lag,
         )
-        for partition, seconds in sorted(lag.items()):
-            family.add_metric([str(partition)], seconds)
-        yield family
     if reading.database is not None:
         yield from _database_families(reading)
 
@@ -269,43 +282,42 @@ def _process_families(reading: FleetReading) -> Iterator[Metric]:
 def _database_families(reading: FleetReading) -> Iterator[Metric]:
     db = reading.database
     assert db is not None
-    stored = _counter(
+    yield _by_label(
+        _counter,
         "fleetpulse_ingest_db_counter",
         "Counters all ingesters add to in PostgreSQL with each batch (exact across processes"
         " and restarts)",
-        ["counter"],
+        "counter",
+        db.ingest_counters,
     )
-    for name, value in sorted(db.ingest_counters.items()):
-        stored.add_metric([name], value)
-    yield stored
-    quarantine = _gauge(
+    yield _by_label(
+        _gauge,
         "fleetpulse_quarantine_last_hour",
         "Messages quarantined in the last hour, by reason",
-        ["reason"],
+        "reason",
+        db.quarantine_recent,
     )
-    for reason, n in sorted(db.quarantine_recent.items()):
-        quarantine.add_metric([reason], n)
-    yield quarantine
-    events = _gauge(
-        "fleetpulse_events_last_hour", "Events recorded in the last hour, by kind", ["kind"]
+    yield _by_label(
+        _gauge,
+        "fleetpulse_events_last_hour",
+        "Events recorded in the last hour, by kind",
+        "kind",
+        db.events_recent,
     )
-    for kind, n in sorted(db.events_recent.items()):
-        events.add_metric([kind], n)
-    yield events
-    age = _gauge(
+    yield _by_label(
+        _gauge,
         "fleetpulse_tracker_checkpoint_age_seconds",
         "Time since the partition's tracker last checkpointed",
-        ["partition"],
+        "partition",
+        {partition: checkpoint.age_s for partition, checkpoint in db.checkpoints.items()},
     )
-    for partition, checkpoint in sorted(db.checkpoints.items()):
-        age.add_metric([str(partition)], checkpoint.age_s)
-    yield age
-    deliveries = _gauge(
-        "fleetpulse_deliveries_open", "Deliveries not yet finished, by state", ["state"]
+    yield _by_label(
+        _gauge,
+        "fleetpulse_deliveries_open",
+        "Deliveries not yet finished, by state",
+        "state",
+        db.open_deliveries,
     )
-    for state, n in sorted(db.open_deliveries.items()):
-        deliveries.add_metric([state], n)
-    yield deliveries
     if db.webhooks_pending is not None:
         outbox = _gauge(
             "fleetpulse_webhook_outbox",

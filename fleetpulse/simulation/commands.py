@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from fleetpulse.arguments import lat_lon, number, positive, share, whole
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.settings import Settings
 from fleetpulse.simulation import recordings, replay, runner
 from fleetpulse.simulation.deliveries import CreatedDelivery
-from fleetpulse.simulation.drones import DroneSpec
 from fleetpulse.simulation.faults import FaultConfig
 from fleetpulse.simulation.fleet import FleetConfig
 from fleetpulse.simulation.publisher import DEVICE_PLACEHOLDER, Credentials, Publisher
@@ -22,50 +21,6 @@ from fleetpulse.simulation.streets import RoadNetworkError
 from mqtt.topics import TopicScheme
 
 AddCommand = Callable[[str, str], argparse.ArgumentParser]
-
-
-def _rate(text: str) -> float:
-    value = _number(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate is a share between 0 and 1, got {text!r}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _lat_lon(text: str) -> tuple[float, float]:
-    try:
-        lat, lon = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a position on Earth")
-    return lat, lon
 
 
 def _device_options(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -83,24 +38,24 @@ def _device_options(parser: argparse.ArgumentParser, prefix: str) -> None:
         " (the username is the device id; default: no password)",
     )
     devices.add_argument(
-        "--rate", type=_positive, metavar="MSG/S", help="at most this many messages per second"
+        "--rate", type=positive, metavar="MSG/S", help="at most this many messages per second"
     )
 
 
 def add_commands(command: AddCommand) -> None:
     sim = command("simulate", "publish a simulated fleet of vans and drones over MQTT")
     fleet = sim.add_argument_group("fleet")
-    fleet.add_argument("--vans", type=_count, default=10, metavar="N", help="default 10")
-    fleet.add_argument("--drones", type=_count, default=0, metavar="M", help="default 0")
+    fleet.add_argument("--vans", type=whole(0), default=10, metavar="N", help="default 10")
+    fleet.add_argument("--drones", type=whole(0), default=0, metavar="M", help="default 0")
     fleet.add_argument(
         "--center",
-        type=_lat_lon,
+        type=lat_lon,
         metavar="LAT,LON",
         help="depot and centre of the stops (default: the extract's middle, else Porto)",
     )
     fleet.add_argument(
         "--radius",
-        type=_positive,
+        type=positive,
         default=3000.0,
         metavar="M",
         help="stops lie within this distance of the centre (default 3000)",
@@ -111,20 +66,20 @@ def add_commands(command: AddCommand) -> None:
         help="drive a synthetic street grid even when --osm-pbf / FLEETPULSE_OSM_PBF is set",
     )
     fleet.add_argument(
-        "--stops", type=_count, default=5, metavar="N", help="stops per van round (default 5)"
+        "--stops", type=whole(0), default=5, metavar="N", help="stops per van round (default 5)"
     )
     fleet.add_argument(
         "--service-s",
-        type=_number,
+        type=number,
         default=120.0,
         metavar="S",
         help="time a van stays at each stop (default 120)",
     )
     fleet.add_argument(
-        "--interval", type=_positive, default=5.0, metavar="S", help="report every S s (default 5)"
+        "--interval", type=positive, default=5.0, metavar="S", help="report every S s (default 5)"
     )
     fleet.add_argument(
-        "--duration", type=_positive, metavar="S", help="stop after S s (default: run until ^C)"
+        "--duration", type=positive, metavar="S", help="stop after S s (default: run until ^C)"
     )
     fleet.add_argument("--seed", type=int, default=1, help="the same seed, the same fleet")
     fleet.add_argument(
@@ -142,17 +97,17 @@ def add_commands(command: AddCommand) -> None:
         ("--offline", "fixes that start an offline spell of --offline-s, flushed as one array"),
         ("--malformed", "fixes followed by a broken message (refused with a known reason)"),
     ):
-        faults.add_argument(flag, type=_rate, default=0.0, metavar="RATE", help=help)
-    faults.add_argument("--jitter-m", type=_number, default=15.0, metavar="M", help="default 15")
-    faults.add_argument("--late-s", type=_number, default=30.0, metavar="S", help="default 30")
-    faults.add_argument("--offline-s", type=_number, default=60.0, metavar="S", help="default 60")
+        faults.add_argument(flag, type=share, default=0.0, metavar="RATE", help=help)
+    faults.add_argument("--jitter-m", type=number, default=15.0, metavar="M", help="default 15")
+    faults.add_argument("--late-s", type=number, default=30.0, metavar="S", help="default 30")
+    faults.add_argument("--offline-s", type=number, default=60.0, metavar="S", help="default 60")
 
     rep = command("replay", "replay recorded trips over MQTT (Porto taxi CSV, GPX, DJI logs)")
     rep.add_argument("files", nargs="+", metavar="FILE")
     rep.add_argument("--format", choices=["auto", *recordings.FORMATS], default="auto")
     rep.add_argument(
         "--speed",
-        type=_positive,
+        type=positive,
         default=1.0,
         metavar="X",
         help="recorded seconds per second (default 1; inf: as fast as the broker takes them)",
@@ -192,12 +147,7 @@ async def simulate(settings: Settings, args: argparse.Namespace) -> None:
                 offline_s=args.offline_s,
                 malformed=args.malformed,
             ),
-            drone=DroneSpec(
-                cruise_alt_m=settings.drone_cruise_alt_m,
-                cruise_speed_mps=settings.drone_cruise_speed_mps,
-                reserve_pct=settings.drone_reserve_pct,
-                radius_m=min(args.radius, DroneSpec.radius_m),
-            ),
+            drone=runner.drone_spec(settings, args.radius),
         )
     except ValueError as exc:
         raise FleetPulseError(f"simulate: {exc}") from None

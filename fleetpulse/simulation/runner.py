@@ -11,6 +11,7 @@ from typing import TextIO
 
 from fleetpulse.settings import Settings
 from fleetpulse.simulation import deliveries
+from fleetpulse.simulation.drones import DroneSpec
 from fleetpulse.simulation.fleet import FleetConfig, build_fleet
 from fleetpulse.simulation.publisher import Credentials, Progress, Publisher
 from fleetpulse.simulation.replay import stopped_within
@@ -20,6 +21,16 @@ from tracker.roads import RoadGraph
 
 # Porto's Avenida dos Aliados: the shared data's city, for a grid with no centre given.
 DEFAULT_CENTRE = (41.1496, -8.6109)
+
+
+def drone_spec(settings: Settings, radius_m: float) -> DroneSpec:
+    """The drones the settings describe, their sorties kept within the fleet's radius."""
+    return DroneSpec(
+        cruise_alt_m=settings.drone_cruise_alt_m,
+        cruise_speed_mps=settings.drone_cruise_speed_mps,
+        reserve_pct=settings.drone_reserve_pct,
+        radius_m=min(radius_m, DroneSpec.radius_m),
+    )
 
 
 @dataclass(frozen=True)

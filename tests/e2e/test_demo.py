@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from fleetpulse.embedded import start_ticks
 from fleetpulse.local_servers import free_port
 from tests.e2e.processes import FLEETPULSE, ROOT
 
@@ -108,15 +109,6 @@ def _until(check: Callable[[], Any], what: str, within: float = WAIT_S) -> Any:
         time.sleep(0.2)
 
 
-def _start_ticks(pid: int) -> str | None:
-    """A running process's start time (None when gone or a zombie)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _server_processes(data_dir: Path) -> dict[int, str]:
     """Every embedded server process, PostgreSQL's own children included, by pid with its
     start time (a pid alone could be reused by the time it is checked)."""
@@ -129,7 +121,7 @@ def _server_processes(data_dir: Path) -> dict[int, str]:
             continue
         if int(fields[1]) in postmasters:  # PPid
             pids.append(int(stat.parent.name))
-    found = {pid: ticks for pid in pids if (ticks := _start_ticks(pid)) is not None}
+    found = {pid: ticks for pid in pids if (ticks := start_ticks(pid)) is not None}
     return found
 
 
@@ -139,7 +131,7 @@ def data_dir() -> Iterator[Path]:
     yield path
     # A failed run must not leave servers behind (they run in sessions of their own).
     for pid, ticks in _server_processes(path).items():
-        if _start_ticks(pid) == ticks:
+        if start_ticks(pid) == ticks:
             os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
@@ -193,7 +185,7 @@ def test_demo_serves_the_platform_and_a_fleet_and_stops_cleanly(data_dir: Path) 
     code = demo.process.wait(EXIT_TIMEOUT_S)
     assert code == 0, demo.output()
     _until(lambda: "FleetPulse demo stopped." in demo.stdout, "the closing line", 5)
-    still_running = [pid for pid, ticks in servers.items() if _start_ticks(pid) == ticks]
+    still_running = [pid for pid, ticks in servers.items() if start_ticks(pid) == ticks]
     assert still_running == [], demo.output()
     assert not list(data_dir.glob("*.pid"))
     assert "Traceback" not in "\n".join(demo.stderr), demo.output()

@@ -8,16 +8,9 @@ from the last event it saw. A screenshot is kept as a test artifact
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from selenium import webdriver
-from selenium.common.exceptions import JavascriptException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
@@ -26,29 +19,23 @@ from fleetpulse.database import connect
 from fleetpulse.settings import Settings
 from tests.conftest import (
     eventually,
-    make_settings,
     make_token,
     running_ingester,
     running_tracker,
     running_web,
+    with_options,
 )
-from tests.e2e.processes import ROOT
+from tests.e2e.browser import (
+    WebDriver,
+    artifacts_dir,
+    browser_fixture,
+    console,
+    needs_chromium,
+    page_shows,
+)
 from tests.publisher import publish
 from tracker import store
 from tracker.events import EventKind
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--window-size=1400,900",
-)
-WebDriver = webdriver.Chrome
-PAGE_TIMEOUT_S = 30.0
-POLL_S = 0.1
 
 # A square fence of ~220 m around Avenida dos Aliados, Porto.
 CENTRE = (41.1486, -8.6110)
@@ -71,7 +58,7 @@ FENCE = {
 }
 # A circle and a corridor away from the route: drawn, never entered. Their bounds once
 # broke the page before it had a view.
-OTHER_FENCES = [
+OTHER_FENCES: list[dict[str, Any]] = [
     {
         "type": "Feature",
         "geometry": {"type": "Point", "coordinates": [CENTRE[1] + 0.02, CENTRE[0] + 0.02]},
@@ -94,61 +81,8 @@ VAN_TRACK = [(CENTRE[0] - 0.004, CENTRE[1]), (CENTRE[0] - 0.0025, CENTRE[1]), CE
 DRONE = (CENTRE[0] + 0.003, CENTRE[1] + 0.003)
 PHONE = (CENTRE[0] - 0.001, CENTRE[1] - 0.004)
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})",
-)
-
-
-def artifacts_dir() -> Path:
-    path = Path(os.environ.get("FLEETPULSE_ARTIFACTS") or ROOT / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def console(driver: WebDriver) -> str:
-    try:
-        return "\n".join(entry["message"] for entry in driver.get_log("browser"))
-    except WebDriverException:
-        return "(no console log)"
-
-
-def _poll(driver: WebDriver, script: str, what: str) -> Any:
-    deadline = time.monotonic() + PAGE_TIMEOUT_S
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = driver.execute_script(script)
-        except JavascriptException as exc:
-            last = f"script failed: {exc.msg}"
-        else:
-            if last:
-                return last
-        time.sleep(POLL_S)
-    raise AssertionError(
-        f"the page never showed {what} in {PAGE_TIMEOUT_S} s (last: {last!r})\n"
-        f"browser console:\n{console(driver)}"
-    )
-
-
-async def page_shows(driver: WebDriver, script: str, what: str) -> Any:
-    """Run `script` in the page until it returns something truthy. Selenium blocks, so
-    it runs in a thread while this event loop serves the app, tracker and ingester."""
-    return await asyncio.to_thread(_poll, driver, script, what)
+pytestmark = needs_chromium
+browser = browser_fixture(1400, 900)
 
 
 def fix(device: str, ts: int, lat: float, lon: float, **extra: Any) -> tuple[str, dict[str, Any]]:
@@ -179,11 +113,8 @@ async def prepare(settings: Settings, *, roads: bool) -> tuple[Settings, str, in
     """Settings without the reorder wait (events at once), the fence stored, a
     dispatcher's token, and a start time a minute ago for the fixes."""
     extract = porto.data_dir() / "porto/porto_2022-11.osm.pbf"
-    settings = make_settings(
-        database_url=settings.database_url,
-        mqtt_url=settings.mqtt_url,
-        redis_url=settings.redis_url,
-        web_port=settings.web_port,
+    settings = with_options(
+        settings,
         reorder_window="0",
         # roads under the fleet in the screenshot when the shared data is there
         osm_pbf=str(extract) if roads and extract.is_file() else "",
@@ -270,14 +201,11 @@ async def test_dispatch_page_follows_the_fleet_live(settings: Settings, browser:
         await open_page(browser, base, token)
         assert token not in browser.current_url
         assert browser.execute_script("return localStorage.getItem('fleetpulse.token')") == token
-        assert (
-            await page_shows(
-                browser,
-                "return window.fleetpulse.fences && window.fleetpulse.fences.count",
-                "fences",
-            )
-            == 1 + len(OTHER_FENCES)
-        )
+        assert await page_shows(
+            browser,
+            "return window.fleetpulse.fences && window.fleetpulse.fences.count",
+            "fences",
+        ) == 1 + len(OTHER_FENCES)
         expected_basemap = "roads" if settings.osm_pbf else "plain"
         assert browser.execute_script("return window.fleetpulse.basemap.mode") == expected_basemap
         if settings.osm_pbf:
@@ -358,7 +286,7 @@ async def test_dispatch_page_follows_the_fleet_live(settings: Settings, browser:
         await page_shows(
             browser, "return window.fleetpulse.map.getZoom() === 16", "the street view again"
         )
-        errors = [line for line in console(browser).splitlines() if "Uncaught" in line]
+        errors = [e["message"] for e in console(browser) if "Uncaught" in e["message"]]
         assert not errors, errors
 
         shot = artifacts_dir() / "dispatch_page.png"

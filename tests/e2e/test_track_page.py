@@ -7,22 +7,18 @@ moves as the tracker would publish them. Screenshots are kept as test artifacts
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
-
-import pytest
-from selenium import webdriver
-from selenium.common.exceptions import JavascriptException, WebDriverException
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
 
 from fleetpulse.settings import Settings
 from tests.conftest import running_web
-from tests.e2e.processes import ROOT
+from tests.e2e.browser import (
+    WebDriver,
+    artifacts_dir,
+    browser_fixture,
+    console,
+    needs_chromium,
+    page_shows,
+)
 from tests.integration.web.tracking_setup import (
     FAR,
     NEAR,
@@ -32,74 +28,8 @@ from tests.integration.web.tracking_setup import (
     vehicle_state,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--window-size=412,915",  # a phone
-)
-PAGE_TIMEOUT_S = 30.0
-POLL_S = 0.1
-
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})",
-)
-
-
-def artifacts_dir() -> Path:
-    path = Path(os.environ.get("FLEETPULSE_ARTIFACTS") or ROOT / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def console(driver: WebDriver) -> list[dict[str, Any]]:
-    try:
-        return list(driver.get_log("browser"))
-    except WebDriverException:
-        return []
-
-
-def _poll(driver: WebDriver, script: str, what: str) -> Any:
-    deadline = time.monotonic() + PAGE_TIMEOUT_S
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = driver.execute_script(script)
-        except JavascriptException as exc:
-            last = f"script failed: {exc.msg}"
-        else:
-            if last:
-                return last
-        time.sleep(POLL_S)
-    log = "\n".join(entry["message"] for entry in console(driver))
-    raise AssertionError(
-        f"the page never showed {what} in {PAGE_TIMEOUT_S} s (last: {last!r})\n"
-        f"browser console:\n{log}"
-    )
-
-
-async def page_shows(driver: WebDriver, script: str, what: str) -> Any:
-    """Run `script` in the page until it returns something truthy. Selenium blocks, so
-    it runs in a thread while this event loop goes on serving the app."""
-    return await asyncio.to_thread(_poll, driver, script, what)
+pytestmark = needs_chromium
+browser = browser_fixture(412, 915)  # a phone
 
 
 def shown_eta(driver: WebDriver) -> str:

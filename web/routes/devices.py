@@ -18,6 +18,7 @@ from web.api import (
     Param,
     Time,
     json_response,
+    next_page_link,
     query_choice,
     query_float,
     query_int,
@@ -312,10 +313,7 @@ async def list_devices(request: web.Request) -> web.Response:
     more = len(found) > limit
     page = found[:limit]
     next_cursor = page[-1].device_id if more else None
-    headers = None
-    if next_cursor is not None:
-        link = request.rel_url.update_query(after=next_cursor)
-        headers = {"Link": f'<{link}>; rel="next"'}
+    headers = None if next_cursor is None else {"Link": next_page_link(request, next_cursor)}
     return json_response(DevicePage(page, next_cursor), headers=headers)
 
 

@@ -16,10 +16,11 @@ from web.api import (
     Param,
     Time,
     json_response,
+    next_page_link,
     query_choice,
     query_int,
+    query_period,
     query_text,
-    query_time,
 )
 from web.auth import Role
 from web.problems import Problem
@@ -100,9 +101,7 @@ async def list_events(request: web.Request) -> web.Response:
     if kind is not None:
         clauses.append("kind = %s")
         params.append(kind)
-    start, end = query_time(request, "from"), query_time(request, "to")
-    if start is not None and end is not None and start >= end:
-        raise Problem(400, f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})")
+    start, end = query_period(request)
     if start is not None:
         clauses.append("ts >= %s")
         params.append(start)
@@ -126,8 +125,5 @@ async def list_events(request: web.Request) -> web.Response:
         rows = await cur.fetchall()
     items = [StoredEvent(*row) for row in rows[:limit]]
     next_cursor = items[-1].id if len(rows) > limit else None
-    headers = None
-    if next_cursor is not None:
-        link = request.rel_url.update_query(after=next_cursor)
-        headers = {"Link": f'<{link}>; rel="next"'}
+    headers = None if next_cursor is None else {"Link": next_page_link(request, next_cursor)}
     return json_response(EventPage(items, next_cursor), headers=headers)

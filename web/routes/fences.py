@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
+from fleetpulse.database import Conn
 from tracker import geojson
 from tracker import store as tracker_store
-from tracker.fences import FENCE_ID_PATTERN
+from tracker.fences import FENCE_ID_PATTERN, Fence
 from web import auth
 from web.api import Api, Param, json_response, principal
 from web.problems import Problem
@@ -162,12 +163,9 @@ async def put_fence(request: web.Request) -> web.Response:
         fence = geojson.parse_feature(document)
     except geojson.FenceFormatError as exc:
         raise Problem(422, str(exc)) from None
-    feature = geojson.to_feature(fence)
     actor = principal(request).token_id
     async with services(request).db() as conn, conn.transaction():
-        created = await tracker_store.save_fence(conn, fence.id, fence.name, feature)
-        action = "fence.create" if created else "fence.replace"
-        await auth.audit(conn, actor, action, fence.id, {"feature": feature})
+        feature, _ = await _save(conn, actor, fence)
     return json_response(feature)
 
 
@@ -193,11 +191,8 @@ async def import_fences(request: web.Request) -> web.Response:
     replaced: list[str] = []
     async with services(request).db() as conn, conn.transaction():
         for fence in fences:
-            feature = geojson.to_feature(fence)
-            is_new = await tracker_store.save_fence(conn, fence.id, fence.name, feature)
+            _, is_new = await _save(conn, actor, fence)
             (created if is_new else replaced).append(fence.id)
-            action = "fence.create" if is_new else "fence.replace"
-            await auth.audit(conn, actor, action, fence.id, {"feature": feature})
     return json_response(FenceImport(created, replaced))
 
 
@@ -220,6 +215,16 @@ async def delete_fence(request: web.Request) -> web.Response:
             raise Problem(404, f"no fence {fence_id!r}")
         await auth.audit(conn, actor, "fence.delete", fence_id, {"feature": feature})
     return web.Response(status=204)
+
+
+async def _save(conn: Conn, actor: str, fence: Fence) -> tuple[dict[str, Any], bool]:
+    """Store the fence as its canonical Feature and audit it, in the caller's transaction;
+    returns the Feature and whether the fence is new."""
+    feature = geojson.to_feature(fence)
+    created = await tracker_store.save_fence(conn, fence.id, fence.name, feature)
+    action = "fence.create" if created else "fence.replace"
+    await auth.audit(conn, actor, action, fence.id, {"feature": feature})
+    return feature, created
 
 
 def _fence_id(request: web.Request) -> str:

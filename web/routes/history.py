@@ -17,7 +17,16 @@ from aiohttp import web
 from fleetpulse.database import Conn
 from ingest import store
 from web import history_formats as formats
-from web.api import TIME_SCHEMA, Api, Param, query_choice, query_int, query_time
+from web.api import (
+    TIME_SCHEMA,
+    Api,
+    Param,
+    next_page_link,
+    query_choice,
+    query_int,
+    query_period,
+    query_time,
+)
 from web.auth import Role
 from web.problems import Problem
 from web.routes.devices import DEVICE_ID, known_id
@@ -91,13 +100,11 @@ async def _page_end(
 )
 async def history(request: web.Request) -> web.StreamResponse:
     device_id = known_id(request.match_info["device_id"])
-    start, end = query_time(request, "from"), query_time(request, "to")
+    start, end = query_period(request)
     for name, value in (("from", start), ("to", end)):
         if value is None:
             raise Problem(400, f"query parameter {name!r} is required")
     assert start is not None and end is not None
-    if start >= end:
-        raise Problem(400, f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})")
     fmt = formats.Format(query_choice(request, "format", _FORMATS) or "json")
     geometry = formats.Geometry(query_choice(request, "geometry", _GEOMETRIES) or "points")
     limit = query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
@@ -119,8 +126,7 @@ async def history(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": media_type})
         if last is not None:
             next_cursor = formats.cursor(last)
-            link = request.rel_url.update_query(after=next_cursor)
-            response.headers["Link"] = f'<{link}>; rel="next"'
+            response.headers["Link"] = next_page_link(request, next_cursor)
             end = last + TICK
         response.enable_chunked_encoding()
         await response.prepare(request)

@@ -15,7 +15,13 @@ import redis.asyncio as aioredis
 from fleetpulse.database import Conn, connect
 from fleetpulse.local_servers import Mosquitto, Redis
 from fleetpulse.settings import Settings
-from tests.conftest import eventually, make_settings, running_ingester, running_tracker
+from tests.conftest import (
+    eventually,
+    make_settings,
+    running_ingester,
+    running_tracker,
+    with_options,
+)
 from tests.e2e.processes import fleetpulse
 from tests.publisher import connect as mqtt_connect
 from tests.publisher import publish
@@ -50,13 +56,7 @@ async def stored_events(url: str) -> list[tuple[str, str, str | None]]:
 
 def fast(settings: Settings, **extra: str) -> Settings:
     """The same services, without the reorder wait, so tests see events at once."""
-    return make_settings(
-        database_url=settings.database_url,
-        mqtt_url=settings.mqtt_url,
-        redis_url=settings.redis_url,
-        reorder_window="0",
-        **extra,
-    )
+    return with_options(settings, reorder_window="0", **extra)
 
 
 async def new_delivery(conn: Conn, delivery_id: str, vehicle_id: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from bench.geofence import porto
 from fleetpulse.settings import Settings
-from tests.conftest import make_settings, make_token, web_client
+from tests.conftest import make_token, web_client, with_options
 
 # A motorway (three nodes: one line), a residential street meeting a service road at
 # node 11 (two lines of two classes), a footway (not drivable: never drawn) and a lone
@@ -54,16 +54,6 @@ def write_osm(path: Path) -> Path:
     lines.append("</osm>")
     path.write_text("\n".join(lines))
     return path
-
-
-def with_options(settings: Settings, **extra: str) -> Settings:
-    return make_settings(
-        database_url=settings.database_url,
-        mqtt_url=settings.mqtt_url,
-        redis_url=settings.redis_url,
-        web_port=settings.web_port,
-        **extra,
-    )
 
 
 def lines_by_class(collection: dict[str, Any]) -> dict[str, list[list[list[float]]]]:

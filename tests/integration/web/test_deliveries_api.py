@@ -14,9 +14,9 @@ from aiohttp import ClientSession
 from fleetpulse.database import connect
 from fleetpulse.settings import Settings
 from tests.conftest import eventually, make_token, web_client
+from tests.integration.web.rest_support import audit_rows, bearer, token_id
 from tracker import delivery_store, store
 from tracker.redis_live import EVENTS_CHANNEL
-from web import auth
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ALIADOS = {"lat": 41.1486, "lon": -8.611}
@@ -37,32 +37,6 @@ def new(delivery_id: str, vehicle_id: str = "van-1", **extra: Any) -> dict[str, 
         "window_end": (NOW + timedelta(hours=1)).isoformat(),
         **extra,
     }
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def token_id(settings: Settings, token: str) -> str:
-    conn = await connect(settings.database_url)
-    try:
-        found = await auth.principal(conn, token)
-    finally:
-        await conn.close()
-    assert found is not None
-    return found.token_id
-
-
-async def audit_rows(settings: Settings) -> list[tuple[str, str, str, dict[str, Any]]]:
-    conn = await connect(settings.database_url)
-    try:
-        cur = await conn.execute(
-            "SELECT actor, action, target, detail FROM audit_log"
-            " WHERE action LIKE 'delivery.%' ORDER BY id"
-        )
-        return [tuple(row) for row in await cur.fetchall()]
-    finally:
-        await conn.close()
 
 
 async def create(http: ClientSession, body: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +211,7 @@ async def test_last_minute_changes_take_effect_and_are_audited(settings: Setting
             assert "changes nothing" in (await resp.json())["detail"]
         async with http.patch("/api/v1/deliveries/nobody", json={"sequence": 1}) as resp:
             assert resp.status == 404
-    rows = await audit_rows(settings)
+    rows = await audit_rows(settings, "delivery")
     assert [(a, action, target) for a, action, target, _ in rows] == [
         (actor, "delivery.create", "parcel-1"),
         (actor, "delivery.update", "parcel-1"),
@@ -308,7 +282,8 @@ async def test_report_and_cancel_store_publish_and_close(settings: Settings) -> 
         ("parcel-2", "van-1", "cancelled", ""),
     ]
     assert [
-        (a, action, target, detail) for a, action, target, detail in await audit_rows(settings)
+        (a, action, target, detail)
+        for a, action, target, detail in await audit_rows(settings, "delivery")
     ][2:] == [
         (
             actor,
@@ -348,7 +323,9 @@ async def test_a_new_tracking_link_revokes_the_old(settings: Settings) -> None:
     assert await opens(settings, first["tracking_token"]) is None
     assert await opens(settings, second["tracking_token"]) == "parcel-1"
     logged = [
-        detail for _, action, _, detail in await audit_rows(settings) if action == "delivery.token"
+        detail
+        for _, action, _, detail in await audit_rows(settings, "delivery")
+        if action == "delivery.token"
     ]
     assert len(logged) == 2
     assert all(second["tracking_token"] not in json.dumps(d) for d in logged)
@@ -376,7 +353,9 @@ async def test_viewers_read_dispatchers_change(settings: Settings) -> None:
                 assert resp.status == 401, path
         async with http.get("/api/v1/deliveries/parcel-1") as resp:
             assert (await resp.json())["state"] == "scheduled"
-    assert [action for _, action, _, _ in await audit_rows(settings)] == ["delivery.create"]
+    assert [action for _, action, _, _ in await audit_rows(settings, "delivery")] == [
+        "delivery.create"
+    ]
 
 
 async def create_as(http: ClientSession, token: str, body: dict[str, Any]) -> None:
@@ -466,7 +445,7 @@ async def test_invalid_bodies_are_4xx_naming_the_field(settings: Settings) -> No
         async with http.patch("/api/v1/deliveries/parcel-1", json={"service_s": 1e-300}) as resp:
             assert resp.status == 200
             assert (await resp.json())["service_s"] == 0.0
-    assert [action for _, action, _, _ in await audit_rows(settings)] == [
+    assert [action for _, action, _, _ in await audit_rows(settings, "delivery")] == [
         "delivery.create",
         "delivery.update",
     ]

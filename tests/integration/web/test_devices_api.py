@@ -14,11 +14,11 @@ from fleetpulse.database import connect
 from fleetpulse.settings import Settings
 from tests.conftest import (
     eventually,
-    make_settings,
     make_token,
     running_ingester,
     running_tracker,
     web_client,
+    with_options,
 )
 from tests.publisher import publish
 from tracker.store import set_device_groups
@@ -43,13 +43,7 @@ def _fixes(device: str, lat: float, lon: float, t0: int, **extra: Any) -> list[t
 async def fleet(settings: Settings) -> AsyncIterator[ClientSession]:
     """Four devices with live state, one known only by its last will, one only by an
     `online`; a viewer's session on the app."""
-    settings = make_settings(
-        database_url=settings.database_url,
-        mqtt_url=settings.mqtt_url,
-        redis_url=settings.redis_url,
-        web_port=settings.web_port,
-        reorder_window="0",
-    )
+    settings = with_options(settings, reorder_window="0")
     t0 = int(time.time() * 1000) - 60_000
     messages = [
         *_fixes("van-1", *PORTO, t0, speed=8.0, kind="vehicle"),

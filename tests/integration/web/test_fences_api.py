@@ -10,15 +10,15 @@ from fleetpulse.database import connect
 from fleetpulse.settings import Settings
 from tests.conftest import (
     eventually,
-    make_settings,
     make_token,
     running_ingester,
     running_tracker,
     web_client,
+    with_options,
 )
+from tests.integration.web.rest_support import audit_rows, bearer, token_id
 from tests.publisher import publish
 from tracker import store
-from web import auth
 
 # Porto: Avenida dos Aliados, a square with a hole, a circle and a corridor near it.
 SQUARE: dict[str, Any] = {
@@ -66,32 +66,6 @@ def collection(*features: dict[str, Any]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": list(features)}
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def token_id(settings: Settings, token: str) -> str:
-    conn = await connect(settings.database_url)
-    try:
-        found = await auth.principal(conn, token)
-    finally:
-        await conn.close()
-    assert found is not None
-    return found.token_id
-
-
-async def audit_rows(settings: Settings) -> list[tuple[str, str, str, dict[str, Any]]]:
-    conn = await connect(settings.database_url)
-    try:
-        cur = await conn.execute(
-            "SELECT actor, action, target, detail FROM audit_log"
-            " WHERE action LIKE 'fence.%' ORDER BY id"
-        )
-        return [tuple(row) for row in await cur.fetchall()]
-    finally:
-        await conn.close()
-
-
 async def test_what_is_put_is_what_is_got_and_every_change_is_audited(settings: Settings) -> None:
     dispatcher = await make_token(settings, "dispatcher", name="dispatch")
     actor = await token_id(settings, dispatcher)
@@ -123,7 +97,7 @@ async def test_what_is_put_is_what_is_got_and_every_change_is_audited(settings: 
             assert "no fence 'clerigos'" in (await resp.json())["detail"]
         async with http.delete("/api/v1/geofences/clerigos") as resp:
             assert resp.status == 404
-    rows = await audit_rows(settings)
+    rows = await audit_rows(settings, "fence")
     assert [(a, action, target) for a, action, target, _ in rows] == [
         (actor, "fence.create", "aliados"),
         (actor, "fence.create", "clerigos"),
@@ -171,7 +145,7 @@ async def test_viewers_read_dispatchers_change(settings: Settings) -> None:
             assert resp.status == 401
         async with http.get("/api/v1/geofences/clerigos") as resp:
             assert resp.status == 401
-    assert await audit_rows(settings) == [
+    assert await audit_rows(settings, "fence") == [
         (await token_id(settings, dispatcher), "fence.create", "clerigos", {"feature": CIRCLE})
     ]
 
@@ -227,18 +201,12 @@ async def test_bad_geojson_is_a_4xx_naming_the_feature_and_field(settings: Setti
         # All or nothing: the good first feature of a refused collection was not stored.
         async with http.get("/api/v1/geofences") as resp:
             assert (await resp.json())["features"] == []
-    assert await audit_rows(settings) == []
+    assert await audit_rows(settings, "fence") == []
 
 
 async def test_a_fence_put_over_the_api_fires_in_a_running_tracker(settings: Settings) -> None:
     # No reorder wait, so that the tracker decides on each fix as it comes.
-    settings = make_settings(
-        database_url=settings.database_url,
-        mqtt_url=settings.mqtt_url,
-        redis_url=settings.redis_url,
-        web_port=settings.web_port,
-        reorder_window="0",
-    )
+    settings = with_options(settings, reorder_window="0")
     dispatcher = await make_token(settings, "dispatcher")
     lat, lon = 41.1486, -8.6110
     t0 = int(time.time() * 1000) - 60_000

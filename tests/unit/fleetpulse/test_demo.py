@@ -14,7 +14,8 @@ from fleetpulse.demo import (
     demo_fences,
     wanted_servers,
 )
-from fleetpulse.embedded import _iotcore_config, _set_directive
+from fleetpulse.embedded import _iotcore_config
+from fleetpulse.local_servers import set_directive
 from fleetpulse.settings import load_settings
 from fleetpulse.simulation.deliveries import CreatedDelivery
 from fleetpulse.simulation.drones import SORTIE_RADIUS_M
@@ -90,6 +91,6 @@ def test_iotcore_config_has_one_v5_listener_on_loopback() -> None:
 
 def test_redis_directives_are_replaced_not_duplicated() -> None:
     template = (Path(__file__).parents[3] / "deploy" / "redis" / "redis.conf").read_text()
-    text = _set_directive(template, "port", "4242")
+    text = set_directive(template, "port", "4242")
     assert [line for line in text.splitlines() if line.startswith("port ")] == ["port 4242"]
-    assert _set_directive("save ''\n", "dir", "/x").endswith("dir /x\n")
+    assert set_directive("save ''\n", "dir", "/x").endswith("dir /x\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from pymavlink.dialects.v20 import all as dialect  # type: ignore[import-untyped]
 
+from bench.geofence import porto
 from fleetpulse import cli
 from fleetpulse.simulation import mavlink
 from fleetpulse.simulation.mavlink import (
@@ -35,11 +35,7 @@ from mqtt.codec import Codec, StatusReport
 from mqtt.topics import TopicScheme
 from tracker.positions import DeviceKind, Fix
 
-DATA_DIR = Path(
-    os.environ.get("FLEETPULSE_DATA_DIR")
-    or Path(__file__).resolve().parents[4].parent / "shared" / "data"
-)
-TLOG = DATA_DIR / "drones" / "mavlink_sitl" / "vtol.tlog"
+TLOG = porto.data_dir() / "drones" / "mavlink_sitl" / "vtol.tlog"
 needs_tlog = pytest.mark.skipif(
     not TLOG.is_file(),
     reason=f"{TLOG} not found (set FLEETPULSE_DATA_DIR to the shared data folder)",
