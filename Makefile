@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make run` and `make test`. Each builds .venv first.
+# Two commands for a fresh machine: `make run` (the demo) and `make test`. Each builds .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/fleetpulse run
+	$(BIN)/fleetpulse demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -266,7 +266,7 @@ def banner(
             f"  {label:<10} {delivery.tracking_url}  "
             f"({delivery.id}, stop {delivery.sequence} of {delivery.vehicle_id})"
         )
-    lines += [f"  API docs:  {base}/docs", "Press Ctrl-C to stop.", ""]
+    lines += [f"  API docs:  {base}/api/docs", "Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
 
 
