@@ -23,6 +23,21 @@ EVENTS_CHANNEL = "fleetpulse:events"
 POSITIONS_CHANNEL = "fleetpulse:positions"
 ETAS_CHANNEL = "fleetpulse:etas"
 EPOCH_KEY = "fleetpulse:epoch"
+# Each event goes out on the bus once. A tracker restarting from its checkpoint (after a
+# crash, or losing Redis or PostgreSQL for a moment) evaluates again the fixes it had
+# processed since, and gets the same events again (same ids): storing them is a no-op, and
+# publishing them is one too, as long as the marker of their first publication lives. The
+# marker is set by the same script that publishes, so no crash can part the two. Redis
+# losing its data loses the markers too: those events go out again (clients drop ids they
+# already have, see docs/websockets.md).
+PUBLISHED_KEY_PREFIX = "fleetpulse:published:"
+PUBLISHED_MEMORY_S = 3600  # longer than a supervisor takes to restart a tracker
+_PUBLISH_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+    return redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+return -1
+"""
 
 _json = msgspec.json.Encoder()
 _device = msgspec.json.Decoder(LiveDevice)
@@ -85,6 +100,7 @@ def eta_message(update: EtaUpdate) -> EtaMessage:
 class RedisLive:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._publish_once = client.register_script(_PUBLISH_ONCE)
 
     async def epoch(self) -> str:
         """This Redis's data generation: it changes only when Redis has lost its data."""
@@ -99,8 +115,8 @@ class RedisLive:
         events: list[Event],
         etas: Sequence[EtaUpdate] = (),
     ) -> None:
-        """Store states, move the GEO members, publish positions, events and ETAs: one
-        round trip."""
+        """Store states, move the GEO members, publish positions, events (each id once)
+        and ETAs: one round trip."""
         latest = {d.device_id: d for d in devices}
         if not latest and not events and not etas:
             return
@@ -113,7 +129,11 @@ class RedisLive:
                 pipe.mset({DEVICE_KEY_PREFIX + k: _json.encode(d) for k, d in latest.items()})
                 pipe.publish(POSITIONS_CHANNEL, _json.encode(list(latest.values())))
             for event in events:
-                pipe.publish(EVENTS_CHANNEL, _json.encode(event_message(event)))
+                await self._publish_once(
+                    keys=[PUBLISHED_KEY_PREFIX + event.id],
+                    args=[EVENTS_CHANNEL, _json.encode(event_message(event)), PUBLISHED_MEMORY_S],
+                    client=pipe,
+                )
             for update in etas:
                 pipe.publish(ETAS_CHANNEL, _json.encode(eta_message(update)))
             await pipe.execute()
