@@ -7,10 +7,10 @@ distance band, driven at the profile speeds of the cells on the straight line (t
 harmonic mean: the time per cell adds up, not the speed). Planned service times of the
 stops before a stop are added.
 
-The model's time is "raw"; the quantiles come from the ratios actual / raw recorded on
-arrival (per method and distance band, a window of recent ones), so a biased model is
-corrected by its own record: P50 = raw x median ratio, P90 = raw x 90th percentile.
-Before there are enough residuals, a prior spread is used.
+The model's time is "raw"; P50 and P90 come from the (raw, actual) driving times
+recorded on arrival, per method (`tracker.eta_residuals`): lines fitted by quantile
+regression, so a biased model is corrected by its own record, including the fixed time
+a stop costs beyond the drive. Before there are enough residuals, a prior spread is used.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import bisect
 import enum
 import itertools
 import math
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, tzinfo
 import h3.api.basic_int as h3
 import msgspec
 
+from tracker.eta_residuals import Residuals
 from tracker.live import haversine_m
 from tracker.positions import Fix
 from tracker.routing import Router
@@ -50,12 +51,6 @@ MIN_DETOUR_STRAIGHT_M = 200.0  # below this GPS noise dominates the ratio
 MIN_DETOUR_SAMPLES = 20
 DETOUR_PAIRS_PER_RUN = 40  # stride origins/destinations so long runs do not dominate
 MIN_GRID_SPEED_MPS = 1.0  # a cell's mean of ~0 (a taxi rank) must not stop the estimate
-# Residual ratios (actual / raw): a window per method and band, a prior before enough.
-RESIDUAL_WINDOW = 500
-MIN_RESIDUALS = 20
-PRIOR_P50_RATIO = 1.0
-PRIOR_P90_RATIO = 1.5
-MIN_RESIDUAL_TRAVEL_S = 30.0  # shorter predictions give meaningless ratios
 
 
 class EtaMethod(enum.StrEnum):
@@ -159,52 +154,6 @@ def detour_rows(fixes: Iterable[Fix], rules: SegmentRules | None = None) -> list
     return [DetourRow(a, b, sums[a, b], n) for (a, b), n in sorted(counts.items())]
 
 
-class Residuals:
-    """Recent ratios actual / raw per (method, band), and the quantiles they give."""
-
-    def __init__(self, window: int = RESIDUAL_WINDOW, min_count: int = MIN_RESIDUALS) -> None:
-        self.min_count = min_count
-        self._window = window
-        self._ratios: dict[tuple[EtaMethod, int], deque[float]] = {}
-        self._cache: dict[tuple[EtaMethod, int], tuple[float, float]] = {}
-
-    def record(self, method: EtaMethod, band: int, ratio: float) -> None:
-        key = (method, band)
-        ratios = self._ratios.get(key)
-        if ratios is None:
-            ratios = self._ratios[key] = deque(maxlen=self._window)
-        ratios.append(ratio)
-        self._cache.pop(key, None)
-        self._cache.pop((method, -1), None)
-
-    def count(self, method: EtaMethod, band: int) -> int:
-        return len(self._ratios.get((method, band), ()))
-
-    def quantiles(self, method: EtaMethod, band: int) -> tuple[float, float]:
-        """(P50, P90) ratios: the band's own, else the method's over all bands, else the
-        prior."""
-        for key in ((method, band), (method, -1)):
-            found = self._cache.get(key)
-            if found is not None:
-                return found
-            if key[1] >= 0:
-                ratios: list[float] = list(self._ratios.get(key, ()))
-            else:
-                ratios = [r for (m, _), rs in self._ratios.items() if m == method for r in rs]
-            if len(ratios) >= self.min_count:
-                ratios.sort()
-                found = self._cache[key] = (_quantile(ratios, 0.5), _quantile(ratios, 0.9))
-                return found
-        return PRIOR_P50_RATIO, PRIOR_P90_RATIO
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 @dataclass(frozen=True)
 class Leg:
     """One leg's raw estimate."""
@@ -236,22 +185,31 @@ class EtaEstimator:
         self.grid_levels: dict[Level, int] = dict.fromkeys(Level, 0)
 
     def estimate(
-        self, lat: float, lon: float, at: datetime, stops: Sequence[Stop]
+        self,
+        lat: float,
+        lon: float,
+        at: datetime,
+        stops: Sequence[Stop],
+        heading_deg: float | None = None,
     ) -> list[StopEta]:
-        """ETAs from (lat, lon) at time `at` to each stop, visited in the given order."""
+        """ETAs from (lat, lon) at time `at` to each stop, visited in the given order.
+        The heading of a moving vehicle (degrees from north) lets the road graph start
+        the first leg ahead of it."""
         etas: list[StopEta] = []
         travel = service = metres = straight = 0.0
         on_road = True
         here = (lat, lon)
+        heading = heading_deg
         for stop in stops:
             depart = at + timedelta(seconds=travel + service)
-            leg = self.leg(here, (stop.lat, stop.lon), depart)
+            leg = self.leg(here, (stop.lat, stop.lon), depart, heading)
+            heading = None  # later legs start at a stop, standing
             travel += leg.seconds
             metres += leg.metres
             straight += leg.straight_m
             on_road = on_road and leg.on_road
             method = EtaMethod.ROAD if on_road else EtaMethod.GRID
-            p50, p90 = self.residuals.quantiles(method, distance_band(straight))
+            p50, p90 = self.residuals.quantiles(method, travel)
             etas.append(
                 StopEta(
                     stop.stop_id,
@@ -261,8 +219,8 @@ class EtaEstimator:
                     service,
                     metres,
                     straight,
-                    travel * p50 + service,
-                    travel * max(p90, p50) + service,
+                    p50 + service,
+                    p90 + service,
                 )
             )
             service += stop.service_s
@@ -270,21 +228,25 @@ class EtaEstimator:
         return etas
 
     def record_arrival(self, eta: StopEta, arrived_at: datetime) -> float | None:
-        """Record how long the drive really took; returns the ratio actual / raw, or None
-        when the prediction was too short to say anything."""
+        """Record how long the drive really took (the service times of earlier stops
+        taken off); returns those seconds, or None when the arrival is not after the
+        prediction (nothing to learn)."""
         actual = (arrived_at - eta.computed_at).total_seconds() - eta.service_s
-        if eta.travel_s < MIN_RESIDUAL_TRAVEL_S or actual <= 0:
+        if actual <= 0:
             return None
-        ratio = actual / eta.travel_s
-        self.residuals.record(eta.method, distance_band(eta.straight_m), ratio)
-        return ratio
+        self.residuals.record(eta.method, eta.travel_s, actual)
+        return actual
 
     def leg(
-        self, origin: tuple[float, float], destination: tuple[float, float], depart: datetime
+        self,
+        origin: tuple[float, float],
+        destination: tuple[float, float],
+        depart: datetime,
+        heading_deg: float | None = None,
     ) -> Leg:
         straight = haversine_m(*origin, *destination)
         if self.router is not None:
-            route = self.router.route(origin, destination, depart)
+            route = self.router.route(origin, destination, depart, heading_deg)
             if route is not None:
                 return Leg(route.seconds, route.metres, straight, True)
         return self._grid_leg(origin, destination, straight, depart)

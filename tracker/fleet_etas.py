@@ -1,7 +1,8 @@
 """ETAs for every remaining stop of a vehicle or drone, as the delivery tracking needs
 them. Pure.
 
-Vans and phones: the `EtaEstimator` (road graph when configured, else the H3 grid),
+Vans and phones: the `EtaEstimator` (road graph when configured, else the H3 grid; the
+fix's heading, when it reports one while moving, starts the route ahead of the vehicle),
 with the residuals of earlier deliveries setting P50 and P90. Drones: a flight per leg
 (climb, cruise, descent, hover) and a battery check over the whole remaining round of
 stops, raising `battery_infeasible` once per delivery and clearing it when it recovers.
@@ -20,6 +21,8 @@ from tracker.events import Event, EventKind
 from tracker.positions import DeviceKind, Fix
 
 ETAS_KEPT_PER_DELIVERY = 20  # settled against the arrival to teach the residuals
+# A heading reported below this speed is noise (a parked vehicle's compass).
+MIN_HEADING_SPEED_MPS = 2.0
 # No residuals yet for drones: their P90 is the flight time stretched by this (wind, queues).
 DRONE_P90_FACTOR = 1.25
 
@@ -44,11 +47,13 @@ class FleetEtas:
             return {}, []
         if fix.kind is DeviceKind.DRONE:
             return self._flight(fix, active)
+        moving = fix.speed is not None and fix.speed >= MIN_HEADING_SPEED_MPS
         results = self.estimator.estimate(
             fix.lat,
             fix.lon,
             fix.ts,
             [Stop(d.id, d.dest_lat, d.dest_lon, d.service_s) for d in active],
+            fix.heading if moving else None,
         )
         etas = {}
         for result in results:

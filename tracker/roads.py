@@ -9,7 +9,8 @@ nodes, 23,191 ways) loads in well under a second and takes a few MiB.
 
 Snapping uses a uniform grid of ~`SNAP_GRID_M` squares over the nodes of the largest
 strongly connected component only, so a snapped point can always reach, and be reached
-from, every other snapped point.
+from, every other snapped point. The same grid lists the routable nodes around a point,
+for a router that prefers the nodes ahead of a moving vehicle.
 """
 
 from __future__ import annotations
@@ -90,6 +91,21 @@ _ZONE_KMH = {
     "walk": 7.0,
 }
 _NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(km/h|kmh|kph|mph|knots)?\s*$")
+
+
+def bearing_deg(lat: float, lon: float, to_lat: float, to_lon: float) -> float:
+    """Initial great-circle bearing from one point to another, degrees clockwise from
+    north in [0, 360)."""
+    phi1, phi2 = math.radians(lat), math.radians(to_lat)
+    dlon = math.radians(to_lon - lon)
+    y = math.sin(dlon) * math.cos(phi2)
+    x = math.cos(phi1) * math.sin(phi2) - math.sin(phi1) * math.cos(phi2) * math.cos(dlon)
+    return math.degrees(math.atan2(y, x)) % 360.0
+
+
+def angle_between_deg(a: float, b: float) -> float:
+    """The smaller angle between two bearings, 0..180."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
 def parse_maxspeed(value: str | None) -> float | None:
@@ -201,6 +217,10 @@ class RoadGraph:
     def snap(self, lat: float, lon: float, max_m: float = MAX_SNAP_M) -> tuple[int, float] | None:
         """The nearest routable node and its distance in metres, or None beyond max_m."""
         return self._snap.nearest(lat, lon, max_m)
+
+    def nodes_within(self, lat: float, lon: float, max_m: float) -> list[tuple[int, float]]:
+        """Every routable node within max_m metres, with its distance, nearest first."""
+        return self._snap.within(lat, lon, max_m)
 
     @classmethod
     def from_ways(cls, ways: Iterable[Way]) -> RoadGraph:
@@ -344,6 +364,19 @@ class _SnapGrid:
             math.floor(lat * _M_PER_DEG_LAT / SNAP_GRID_M),
             math.floor(lon * self._m_per_deg_lon / SNAP_GRID_M),
         )
+
+    def within(self, lat: float, lon: float, max_m: float) -> list[tuple[int, float]]:
+        y, x = self._key(lat, lon)
+        reach = math.ceil(max_m / SNAP_GRID_M)
+        found = []
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                for node in self._buckets.get((y + dy, x + dx), ()):
+                    metres = haversine_m(lat, lon, self._lat[node], self._lon[node])
+                    if metres <= max_m:
+                        found.append((node, metres))
+        found.sort(key=lambda item: item[1])
+        return found
 
     def nearest(self, lat: float, lon: float, max_m: float) -> tuple[int, float] | None:
         y, x = self._key(lat, lon)

@@ -11,7 +11,11 @@ cell at that hour of week → cell at any hour → parent cells (resolutions 8, 
 hour → every sample → a configured default; the answer names its level, so callers can
 say how often the hour-of-week cells fell back. Its speed is shrunk towards the coarser
 levels (`SHRINK_SAMPLES`): a mean of five samples is mostly noise, and blending it with
-its parent's cut the benchmark's error by a tenth.
+its parent's cut the benchmark's error by a tenth. The any-hour levels mix every hour,
+so before the cell-and-hour level is blended in they are scaled by the hour of week's
+factor: how much faster or slower than usual the fleet drove the same cells at that hour
+(rush hour in Porto: ~0.8). On a validation split of the benchmark's training taxis this
+cut the calibrated road ETA's MAE by ~2.5 %.
 
 The profile is additive: rows of (cell, hour_of_week, sum_speed, samples) are exactly
 what a SQL job aggregating segment speeds would store, and merging two profiles adds
@@ -47,6 +51,9 @@ MIN_SAMPLES = 3  # a level answers only with at least this many segment speeds
 # benchmark (20..300 all beat no shrinkage; 50 was best).
 SHRINK_SAMPLES = 50.0
 DEFAULT_SPEED_MPS = 8.0  # ~29 km/h, urban delivery; only for an empty profile
+# Weight, in samples at the fleet's mean speed, of "no different from usual" in an hour
+# of week's factor (below): an hour with a few dozen samples moves it only a little.
+HOUR_FACTOR_SAMPLES = 100.0
 PROFILE_DATA_VERSION = 1
 
 
@@ -201,7 +208,9 @@ class SpeedProfile:
         min_samples: int = MIN_SAMPLES,
         default_speed_mps: float = DEFAULT_SPEED_MPS,
         shrink_samples: float = SHRINK_SAMPLES,
+        hour_factor_samples: float = HOUR_FACTOR_SAMPLES,
     ) -> None:
+        self.hour_factor_samples = hour_factor_samples
         self.stats = stats or SegmentStats()
         self.min_samples = min_samples
         self.default_speed_mps = default_speed_mps
@@ -228,6 +237,28 @@ class SpeedProfile:
                 counts[parent] += counts[cell]
         self._any: dict[int, tuple[float, int]] = {c: (sums[c], n) for c, n in counts.items()}
         self._global = (total, samples)
+        self._hour_factors = self._learn_hour_factors()
+
+    def _learn_hour_factors(self) -> dict[int, float]:
+        """Per hour of week, how much faster or slower than usual the fleet drove the
+        same cells: the hour's speeds over what those cells' any-hour means predict
+        (comparing like with like: a night hour's few trips on fast roads are not a
+        faster city). Shrunk towards 1 by `hour_factor_samples`."""
+        observed: dict[int, float] = defaultdict(float)
+        expected: dict[int, float] = defaultdict(float)
+        for (cell, hour), (total, n) in self._hour.items():
+            cell_total, cell_n = self._any[cell]
+            if not cell_n:
+                continue  # rows without samples (an emptied table's leftovers) say nothing
+            observed[hour] += total
+            expected[hour] += n * cell_total / cell_n
+        prior = self.hour_factor_samples * self.mean_speed_mps
+        return {hour: (observed[hour] + prior) / (expected[hour] + prior) for hour in observed}
+
+    def hour_factor(self, hour: int) -> float:
+        """Speed at this hour of week relative to the any-hour means (1.0 when the hour
+        has no samples)."""
+        return self._hour_factors.get(hour, 1.0)
 
     @classmethod
     def build(
@@ -268,6 +299,9 @@ class SpeedProfile:
         speed = (total + prior * self.default_speed_mps) / (n + prior)
         level, samples = (Level.GLOBAL, n) if n >= self.min_samples else (Level.DEFAULT, 0)
         for found, found_level in zip(chain, _CHAIN_LEVELS, strict=True):
+            if found_level is Level.CELL_HOUR:
+                # The any-hour levels mix every hour: scale them to this one.
+                speed *= self.hour_factor(hour)
             if found is not None:
                 total, n = found
                 speed = (total + prior * speed) / (n + prior)
@@ -286,6 +320,7 @@ class SpeedProfile:
             min_samples=self.min_samples,
             default_speed_mps=self.default_speed_mps,
             shrink_samples=self.shrink_samples,
+            hour_factor_samples=self.hour_factor_samples,
         )
 
     def to_data(self) -> ProfileData:
@@ -299,6 +334,7 @@ class SpeedProfile:
         min_samples: int = MIN_SAMPLES,
         default_speed_mps: float = DEFAULT_SPEED_MPS,
         shrink_samples: float = SHRINK_SAMPLES,
+        hour_factor_samples: float = HOUR_FACTOR_SAMPLES,
     ) -> SpeedProfile:
         if data.version != PROFILE_DATA_VERSION:
             raise ValueError(f"profile data version {data.version} is not supported")
@@ -308,6 +344,7 @@ class SpeedProfile:
             min_samples=min_samples,
             default_speed_mps=default_speed_mps,
             shrink_samples=shrink_samples,
+            hour_factor_samples=hour_factor_samples,
         )
 
     def to_bytes(self) -> bytes:

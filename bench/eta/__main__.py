@@ -2,10 +2,12 @@
 
 Profiles, detour factors and the fleet's mean speed are learned from the trips of half
 the taxis; the other half's trips are the test (then the halves swap; --quick runs one
-fold and times fewer trips). At 25, 50 and 75 % of each test trip the predicted remaining
-time to the trip's last fix is compared with the real one, for the road-graph ETA, the
-H3-grid ETA and two naive baselines. Test trips with a GPS jump (> 50 m/s), shorter than
-3 min, or ending < 500 m (straight line) from their start are excluded and counted.
+fold and times fewer trips). The residuals behind P50/P90 are primed with ETAs for the
+training taxis' own trips, each predicted by a model that did not see its taxi. At 25,
+50 and 75 % of each test trip the predicted remaining time to the trip's last fix is
+compared with the real one, for the road-graph ETA, the H3-grid ETA and two naive
+baselines. Test trips with a GPS jump (> 50 m/s), shorter than 3 min, or ending < 500 m
+(straight line) from their start are excluded and counted.
 """
 
 from __future__ import annotations

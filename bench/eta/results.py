@@ -8,7 +8,7 @@ from dataclasses import asdict
 from bench.eta.run import TARGET_REDUCTION, Accuracy, Run, Timing
 
 
-def _accuracy_line(a: Accuracy) -> str:
+def accuracy_line(a: Accuracy) -> str:
     coverage = "-" if a.coverage is None else f"{a.coverage:.0%}"
     versus = "-" if a.vs_best_baseline is None else f"{a.vs_best_baseline:+.0%}"
     return (
@@ -24,7 +24,7 @@ def _timing_line(t: Timing) -> str:
     )
 
 
-def _header() -> str:
+def accuracy_header() -> str:
     return (
         f"{'method':<28}{'n':>6}{'MAE s':>8}{'median':>9}{'P90':>8}{'bias':>8}"
         f"{'P90 cov':>8}{'vs best bl':>11}"
@@ -40,16 +40,17 @@ def table(run: Run) -> str:
         f" taxi; {c['test_trips']} test trips (excluded: {excluded});"
         f" ETAs at {', '.join(f'{q:.0%}' for q in c['fractions'])} of each",
         f"road graph: {c['graph']['nodes']:,} nodes, {c['graph']['edges']:,} edges,"
-        f" loaded in {c['graph']['load_s']:.2f} s; fleet mean speed"
+        f" loaded in {c['graph']['load_s']:.2f} s; searched as {c['graph']['junctions']:,}"
+        f" junctions, {c['graph']['chains']:,} chains; fleet mean speed"
         f" {c['fleet_mean_speed_mps']:.1f} m/s",
         "",
         "all test predictions (absolute errors in seconds; bias = mean predicted - actual)",
-        _header(),
-        *(_accuracy_line(a) for a in run.accuracy if a.subset == "all"),
+        accuracy_header(),
+        *(accuracy_line(a) for a in run.accuracy if a.subset == "all"),
         "",
         "only where both ends are on the road graph's extract",
-        _header(),
-        *(_accuracy_line(a) for a in run.accuracy if a.subset == "on_graph"),
+        accuracy_header(),
+        *(accuracy_line(a) for a in run.accuracy if a.subset == "on_graph"),
         "",
     ]
     for method, met in run.target_met.items():
@@ -67,6 +68,14 @@ def table(run: Run) -> str:
         f"road edges timed from the cell profile (rest: speed limit x share):"
         f" {f['road_edges_from_profile']:.1%}; road estimates that fell back to the grid:"
         f" {f['road_estimates_on_grid']:.1%}",
+        "",
+        "residual lines after priming (slope, intercept s), first fold: "
+        + "; ".join(
+            f"{name} P50 {v['p50'][0]:.2f} x + {v['p50'][1]:.0f}, P90 {v['p90'][0]:.2f} x +"
+            f" {v['p90'][1]:.0f}"
+            for name, v in c["residual_lines_after_priming"][0].items()
+        )
+        + f"; one refit of both lines {c['residual_fit_ms']:.1f} ms",
         "",
         f"{'one ETA update':<28}{'updates':>8}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}"
         f"{'max us':>11}{'searches':>10}{'evicted':>9}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from tracker.deliveries import Delivery, DeliveryState
@@ -12,6 +13,8 @@ from tracker.eta import DetourModel, EtaEstimator
 from tracker.events import EventKind
 from tracker.fleet_etas import DRONE_P90_FACTOR, DroneRules, FleetEtas
 from tracker.positions import DeviceKind, Fix
+from tracker.roads import KMH, RoadClass, RoadGraph, Way
+from tracker.routing import Router
 from tracker.speed_profiles import SpeedProfile
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -49,6 +52,27 @@ def test_a_vans_later_stops_include_the_earlier_service_times() -> None:
     gap = (found["b"].p50 - found["a"].p50).total_seconds()
     assert gap > first.service_s, "the second stop waits for the first one's service"
     assert found["a"].method == "grid"
+
+
+def test_a_moving_vans_heading_reaches_the_road_graph() -> None:
+    # A street east from the van's position and on 1 km; the van is 40 m east of its
+    # first node, so heading east the route starts at the node ahead.
+    a, b, c = (1, 41.15, -8.6105), (2, 41.15, -8.6089), (3, 41.15, -8.5985)
+    graph = RoadGraph.from_ways([Way([a, b, c], RoadClass.PRIMARY, 36 * KMH)])
+    zone = ZoneInfo("Europe/Lisbon")
+    router = Router(graph, None, zone)
+    source = FleetEtas(EtaEstimator(SpeedProfile(), DetourModel(), zone, router=router))
+    end = msgspec.structs.replace(stop("a", 0, 1), dest_lat=c[1], dest_lon=c[2])
+    van = Fix("v", T0, 41.15, -8.61, T0, speed=8.0, heading=90.0, kind=DeviceKind.VEHICLE)
+    parked = Fix("v", T0, 41.15, -8.61, T0, speed=0.5, heading=90.0, kind=DeviceKind.VEHICLE)
+    moving = source(van, [end])[0]["a"]
+    standing = source(parked, [end])[0]["a"]
+    assert moving.method == standing.method == "road"
+    ahead = router.route((41.15, -8.61), c[1:], T0, heading_deg=90.0)
+    nearest = router.route((41.15, -8.61), c[1:], T0)
+    assert ahead is not None and nearest is not None and ahead.seconds < nearest.seconds
+    assert moving.travel_s == pytest.approx(ahead.seconds)
+    assert standing.travel_s == pytest.approx(nearest.seconds)
 
 
 def test_finished_deliveries_get_no_eta() -> None:

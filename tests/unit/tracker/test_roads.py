@@ -18,6 +18,8 @@ from tracker.roads import (
     MPH_KMH,
     RoadClass,
     RoadGraph,
+    angle_between_deg,
+    bearing_deg,
     load_roads,
     parse_maxspeed,
     way_from_tags,
@@ -208,6 +210,34 @@ def test_snap_agrees_with_brute_force(lat: float, lon: float, max_m: float) -> N
     elif nearest[0] < max_m - 0.01:
         assert found is not None
         assert found[1] == pytest.approx(nearest[0], abs=0.01)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lat=st.floats(41.1475, 41.1545),
+    lon=st.floats(-8.6130, -8.6060),
+    max_m=st.sampled_from([30.0, 120.0, 400.0]),
+)
+def test_nodes_within_agrees_with_brute_force(lat: float, lon: float, max_m: float) -> None:
+    graph = TINY
+    expected = sorted(
+        (haversine_m(lat, lon, graph.lat[n], graph.lon[n]), n)
+        for n in range(graph.node_count)
+        if graph.routable[n] and haversine_m(lat, lon, graph.lat[n], graph.lon[n]) <= max_m
+    )
+    found = graph.nodes_within(lat, lon, max_m)
+    assert [n for n, _ in found] == [n for _, n in expected]
+    assert [m for _, m in found] == pytest.approx([m for m, _ in expected])
+
+
+def test_bearings() -> None:
+    assert bearing_deg(41.15, -8.61, 41.16, -8.61) == pytest.approx(0.0, abs=1e-9)
+    assert bearing_deg(41.15, -8.61, 41.15, -8.60) == pytest.approx(90.0, abs=0.01)
+    assert bearing_deg(41.15, -8.61, 41.14, -8.61) == pytest.approx(180.0)
+    assert bearing_deg(41.15, -8.61, 41.15, -8.62) == pytest.approx(270.0, abs=0.01)
+    assert angle_between_deg(350.0, 10.0) == pytest.approx(20.0)
+    assert angle_between_deg(90.0, 270.0) == pytest.approx(180.0)
+    assert angle_between_deg(45.0, 45.0) == 0.0
 
 
 skip_porto = pytest.mark.skipif(

@@ -15,7 +15,13 @@ import h3.api.basic_int as h3
 import pytest
 
 from tracker.roads import KMH, RoadClass, RoadGraph, Way
-from tracker.routing import LIMIT_SHARE, Router, RoutingRules
+from tracker.routing import (
+    LIMIT_PRIOR_SAMPLES,
+    LIMIT_SHARE,
+    SEARCH_BYTES_PER_NODE,
+    Router,
+    RoutingRules,
+)
 from tracker.speed_profiles import PROFILE_RES, ProfileRow, SpeedProfile
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -23,6 +29,9 @@ MONDAY_4H = datetime(2013, 7, 1, 4, 0, tzinfo=UTC)  # hour of week 4 in UTC
 A = (1, 41.150, -8.610)
 B = (2, 41.150, -8.600)  # ~837 m east of A
 C = (3, 41.160, -8.605)  # ~1.1 km north of the midpoint
+
+
+NO_PRIOR = RoutingRules(limit_prior_samples=0.0)  # a cell's profile speed as it is
 
 
 def way(nodes: list[tuple[int, float, float]], kmh: float, *, oneway: bool = False) -> Way:
@@ -76,7 +85,7 @@ def test_shortest_time_is_not_shortest_distance(triangle: RoadGraph) -> None:
 def test_profile_speeds_change_the_route(triangle: RoadGraph) -> None:
     # The fleet crawls around C at hour 4 (but not on A-B's cells): the direct street wins.
     slow = cells_along(A, C, B) - cells_along(A, B)
-    router = Router(triangle, profile_of(slow, 0.5), UTC_ZONE)
+    router = Router(triangle, profile_of(slow, 0.5, n=1_000), UTC_ZONE)
     a, b = node(triangle, 1), node(triangle, 2)
     assert router.path(a, b, 4) == [a, b]
     assert router.edge_times(4).from_profile > 0
@@ -88,8 +97,8 @@ def test_edge_time_from_profile_or_limit() -> None:
     a, b = node(graph, 1), node(graph, 2)
     metres = length(A, B)
 
-    def seconds(profile: SpeedProfile | None, hour: int = 4) -> float:
-        found = Router(graph, profile, UTC_ZONE).between(a, b, hour)
+    def seconds(profile: SpeedProfile | None, rules: RoutingRules = NO_PRIOR) -> float:
+        found = Router(graph, profile, UTC_ZONE, rules).between(a, b, 4)
         assert found is not None
         return found[0]
 
@@ -98,10 +107,31 @@ def test_edge_time_from_profile_or_limit() -> None:
     assert seconds(profile_of(cells, 5.0)) == pytest.approx(metres / 5.0)
     # Faster than the limit: capped at the limit.
     assert seconds(profile_of(cells, 30.0)) == pytest.approx(metres / limit)
+    # By default a cell's speed is blended with the limit's guess, by samples: ten
+    # samples of the cell against LIMIT_PRIOR_SAMPLES (ten) of the limit.
+    blended = (10 * 5.0 + LIMIT_PRIOR_SAMPLES * limit * LIMIT_SHARE) / (10 + LIMIT_PRIOR_SAMPLES)
+    assert seconds(profile_of(cells, 5.0), RoutingRules()) == pytest.approx(metres / blended)
+    many = (1_000 * 5.0 + LIMIT_PRIOR_SAMPLES * limit * LIMIT_SHARE) / (1_000 + LIMIT_PRIOR_SAMPLES)
+    assert seconds(profile_of(cells, 5.0, n=1_000), RoutingRules()) == pytest.approx(metres / many)
     # Only a far-away cell has data: the profile answers from coarse levels, which say
     # nothing about this road, so the limit decides.
     far = {h3.latlng_to_cell(38.72, -9.14, PROFILE_RES)}  # Lisbon
     assert seconds(profile_of(far, 5.0)) == pytest.approx(metres / (limit * LIMIT_SHARE))
+
+
+def test_limit_fallback_follows_the_hour_factor() -> None:
+    graph = RoadGraph.from_ways([way([A, B], 50.0)])
+    lisbon = h3.latlng_to_cell(38.72, -9.14, PROFILE_RES)
+    rows = [ProfileRow(lisbon, 4, 100 * 4.0, 100), ProfileRow(lisbon, 5, 100 * 8.0, 100)]
+    profile = SpeedProfile(rows)
+    assert profile.hour_factor(4) < 1.0 < profile.hour_factor(5)
+    router = Router(graph, profile, UTC_ZONE)
+    metres = length(A, B)
+    for hour in (4, 5, 6):
+        found = router.between(node(graph, 1), node(graph, 2), hour)
+        assert found is not None
+        speed = 50 * KMH * LIMIT_SHARE * profile.hour_factor(hour)
+        assert found[0] == pytest.approx(metres / speed), hour
 
 
 def test_edge_time_follows_the_departure_hour() -> None:
@@ -109,7 +139,7 @@ def test_edge_time_follows_the_departure_hour() -> None:
     cells = cells_along(A, B)
     rows = [ProfileRow(c, 4, 2.0 * 10, 10) for c in cells]
     rows += [ProfileRow(c, 5, 10.0 * 10, 10) for c in cells]
-    router = Router(graph, SpeedProfile(rows, shrink_samples=0.0), UTC_ZONE)
+    router = Router(graph, SpeedProfile(rows, shrink_samples=0.0), UTC_ZONE, NO_PRIOR)
     metres = length(A, B)
     for hour, speed in ((4, 2.0), (5, 10.0), (6, 6.0)):  # hour 6: the cell at any hour
         found = router.between(node(graph, 1), node(graph, 2), hour)
@@ -146,6 +176,40 @@ def test_snap_offsets_are_added() -> None:
     assert off.origin_snap_m == pytest.approx(22.2, abs=0.2)
     assert off.metres == pytest.approx(exact.metres + off.origin_snap_m)
     assert off.seconds == pytest.approx(exact.seconds * off.metres / exact.metres)
+
+
+def test_a_heading_starts_the_route_ahead_of_the_vehicle() -> None:
+    # An east-west street W - M - E and a street north from E to the destination D.
+    w, m, e = (1, 41.150, -8.6136), (2, 41.150, -8.610), (3, 41.150, -8.6089)  # E: 93 m
+    d = (4, 41.1545, -8.6089)  # 500 m north of E
+    graph = RoadGraph.from_ways([way([w, m, e], 50.0), way([e, d], 50.0)])
+    router = Router(graph, None, UTC_ZONE)
+    vehicle = (41.150, -8.6095)  # 42 m east of M (the nearest node), 51 m west of E
+    plain = router.route(vehicle, d[1:], MONDAY_4H)
+    assert plain is not None and plain.origin_node == node(graph, 2)
+    east = router.route(vehicle, d[1:], MONDAY_4H, heading_deg=90.0)
+    assert east is not None and east.origin_node == node(graph, 3)
+    assert east.origin_snap_m == pytest.approx(51.0, abs=1.0)
+    # Not driving back to M and forth again: 2 x 42 m less.
+    assert east.metres == pytest.approx(plain.metres - 2 * plain.origin_snap_m, abs=1.0)
+    assert east.seconds < plain.seconds
+    # Heading west, M is ahead; heading north, no node is ahead: the nearest node.
+    for heading in (270.0, 0.0):
+        found = router.route(vehicle, d[1:], MONDAY_4H, heading_deg=heading)
+        assert found is not None and found.origin_node == node(graph, 2), heading
+        assert found.seconds == pytest.approx(plain.seconds)
+
+
+def test_a_node_next_to_the_vehicle_is_a_start_whatever_its_bearing() -> None:
+    w, m, e = (1, 41.150, -8.6136), (2, 41.150, -8.610), (3, 41.150, -8.6093)
+    d = (4, 41.1545, -8.6136)  # north of W: reached by driving back west
+    graph = RoadGraph.from_ways([way([w, m, e], 50.0), way([w, d], 50.0)])
+    router = Router(graph, None, UTC_ZONE)
+    vehicle = (41.150, -8.61012)  # 10 m east of M, heading east: M is behind but close
+    assert [n for n, _ in graph.nodes_within(*vehicle, 100.0)] == [node(graph, 2), node(graph, 3)]
+    found = router.route(vehicle, d[1:], MONDAY_4H, heading_deg=90.0)
+    # E (49 m ahead) is a start too, but turning at M is faster than driving on to E.
+    assert found is not None and found.origin_node == node(graph, 2)
 
 
 def _grid_graph(size: int, seed: int) -> RoadGraph:
@@ -217,8 +281,68 @@ def test_resumed_searches_agree_with_plain_dijkstra(seed: int) -> None:
     assert router.searches_started == 3
 
 
+def _winding_graph(seed: int) -> RoadGraph:
+    """Streets drawn with many shape nodes (pass-through nodes), some one-way, a street
+    doubled by a second way between the same nodes, and a ring with no junction."""
+    rng = random.Random(seed)
+    junctions = [
+        (k + 1, 41.15 + rng.uniform(0, 0.01), -8.61 + rng.uniform(0, 0.01)) for k in range(8)
+    ]
+    next_id = 100
+    ways = []
+    for _ in range(14):
+        a, b = rng.sample(junctions, 2)
+        shape = []
+        for _ in range(rng.randrange(0, 5)):
+            t = rng.random()
+            shape.append(
+                (
+                    next_id,
+                    a[1] + (b[1] - a[1]) * t + rng.uniform(-1e-4, 1e-4),
+                    a[2] + (b[2] - a[2]) * t,
+                )
+            )
+            next_id += 1
+        shape.sort(key=lambda n: (n[1] - a[1]) ** 2 + (n[2] - a[2]) ** 2)
+        ways.append(way([a, *shape, b], rng.choice([20.0, 30.0, 50.0]), oneway=rng.random() < 0.3))
+    ways.append(way([junctions[0], junctions[1]], 30.0))
+    ways.append(way([junctions[0], junctions[1]], 50.0, oneway=True))
+    ring = [(500 + k, 41.17 + 0.001 * math.cos(k), -8.60 + 0.001 * math.sin(k)) for k in range(5)]
+    ways.append(way([*ring, ring[0]], 30.0, oneway=seed % 2 == 0))
+    return RoadGraph.from_ways(ways)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_merged_pass_through_nodes_give_the_plain_shortest_paths(seed: int) -> None:
+    graph = _winding_graph(seed)
+    router = Router(graph, None, UTC_ZONE)
+    chains = router.chains
+    assert chains.junction_count < graph.node_count, "some nodes are merged away"
+    times = list(router.edge_times(0).seconds)
+    for origin in range(graph.node_count):
+        truth = _dijkstra(graph, times, origin)
+        for destination in range(graph.node_count):
+            found = router.between(origin, destination, 0)
+            if math.isinf(truth[destination]):
+                assert found is None, (origin, destination)
+                continue
+            assert found is not None, (origin, destination)
+            assert found[0] == pytest.approx(truth[destination]), (origin, destination)
+            path = router.path(origin, destination, 0)
+            assert path is not None and path[0] == origin and path[-1] == destination
+            driven = sum(_edge(graph, times, u, v) for u, v in itertools.pairwise(path))
+            assert driven == pytest.approx(found[0])
+            metres = sum(length_of(graph, u, v) for u, v in itertools.pairwise(path))
+            assert found[1] == pytest.approx(metres)
+
+
+def length_of(graph: RoadGraph, u: int, v: int) -> float:
+    return min(graph.length_m[e] for e in graph.out_edges(u) if graph.head[e] == v)
+
+
 def test_searches_are_kept_within_the_memory_budget(triangle: RoadGraph) -> None:
-    budget = 2.5 * 21 * triangle.node_count / 2**20  # room for two searches
+    junctions = Router(triangle, None, UTC_ZONE).chains.junction_count
+    budget = 2.5 * SEARCH_BYTES_PER_NODE * junctions / 2**20  # room for two searches
     router = Router(triangle, None, UTC_ZONE, RoutingRules(search_cache_mib=budget))
     assert router.search_capacity == 2
     a, b, c = (node(triangle, i) for i in (1, 2, 3))

@@ -171,6 +171,31 @@ def test_few_samples_are_shrunk_towards_the_parent_level() -> None:
     assert SpeedProfile(many).lookup(base, 4).speed_mps == pytest.approx(2.0, abs=0.1)
 
 
+def test_an_hour_slower_on_the_same_cells_scales_every_cell_at_that_hour() -> None:
+    cells = _siblings()
+    busy, other = cells[Level.CELL], cells[Level.RES8]
+    rows = [
+        ProfileRow(busy, 4, 500 * 5.0, 500),  # rush hour: half the usual speed
+        ProfileRow(busy, 5, 500 * 10.0, 500),
+        ProfileRow(other, 5, 500 * 20.0, 500),  # never driven at hour 4
+    ]
+    profile = SpeedProfile(rows, shrink_samples=0.0, hour_factor_samples=0.0)
+    # Hour 4 ran at 5 where the same cell's any-hour mean is 7.5; hour 5 at 15,000 for
+    # 500 x 7.5 + 500 x 20 expected.
+    assert profile.hour_factor(4) == pytest.approx(5.0 / 7.5)
+    assert profile.hour_factor(5) == pytest.approx(15_000 / 13_750)
+    assert profile.hour_factor(6) == 1.0  # no samples at all: no change
+    found = profile.lookup(other, 4)
+    assert found.level is Level.CELL
+    assert found.speed_mps == pytest.approx(20.0 * 5.0 / 7.5)
+    assert profile.lookup(other, 6).speed_mps == pytest.approx(20.0)
+    # The cell's own hour still answers for itself.
+    assert profile.lookup(busy, 4).speed_mps == pytest.approx(5.0)
+    # With a prior, a factor moves towards 1.
+    shrunk = SpeedProfile(rows, shrink_samples=0.0).hour_factor(4)
+    assert 5.0 / 7.5 < shrunk < 1.0
+
+
 def test_merge_adds_samples_like_one_build() -> None:
     a = drive("a", 5.0, 6)
     b = drive("b", 9.0, 6)
