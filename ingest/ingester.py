@@ -26,6 +26,7 @@ from fleetpulse.database import connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from ingest.batch import Batch
+from ingest.flood import FloodGuard
 from ingest.handoff import StreamHandoff
 from ingest.partitions import Partitions
 from ingest.schema import StorageMode, require_current
@@ -59,8 +60,15 @@ class Ingester:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         scheme = TopicScheme(settings.topic_prefix, settings.owntracks_prefix)
-        self._filters = scheme.shared_filters(settings.share_group)
+        # Mosquitto 2.0 does not save shared subscriptions with a persistent session: after
+        # a broker restart, what devices publish before the ingesters subscribe again
+        # matches no subscription and is dropped (though acknowledged to the device). A
+        # lone ingester avoids that gap with a plain subscription, which the broker keeps.
+        group = settings.share_group
+        self._filters = scheme.shared_filters(group) if group else scheme.filters()
         self._codec = Codec(scheme, effective_max_age(settings))
+        rate = settings.device_max_rate
+        self._flood = FloodGuard(rate) if rate is not None else None
         self._batch = Batch()
         self._batch_size = settings.batch_size
         self._hold_limit = HELD_BATCHES * settings.batch_size
@@ -148,7 +156,12 @@ class Ingester:
         counts = self.stats.counts
         async for delivery in subscription:
             counts["messages"] += 1
-            items = self._codec.decode(delivery.topic, delivery.payload, datetime.now(UTC))
+            received_at = datetime.now(UTC)
+            items = self._codec.decode(delivery.topic, delivery.payload, received_at)
+            if self._flood is not None:
+                items = self._flood.admit(
+                    delivery.topic, delivery.payload, items, received_at, self._batch.counts
+                )
             self._batch.add(delivery, items)
             if len(self._batch) >= self._batch_size or len(self._batch.fixes) >= self._batch_size:
                 self._full.set()

@@ -94,11 +94,16 @@ class Codec:
             return [self._status(device_id, payload, received_at, reject)]
         if not payload.strip():
             return [reject(Reason.EMPTY_PAYLOAD, "empty payload")]
-        if route is Route.OWNTRACKS:
-            return [self._owntracks(device_id, payload, received_at, reject)]
-        if route is Route.DELIVERY:
-            return [self._delivery(device_id, payload, reject)]
-        return self._telemetry(device_id, payload, received_at, reject)
+        try:
+            if route is Route.OWNTRACKS:
+                return [self._owntracks(device_id, payload, received_at, reject)]
+            if route is Route.DELIVERY:
+                return [self._delivery(device_id, payload, reject)]
+            return self._telemetry(device_id, payload, received_at, reject)
+        except RecursionError:
+            # msgspec descends into nested JSON (even into fields it skips) as deep as the
+            # interpreter's recursion limit allows; deeper is refused, never a crash.
+            return [reject(Reason.INVALID_JSON, "JSON nested too deeply")]
 
     def _accept(
         self, fix: Fix, raw: bytes, reject: Callable[[Reason, str, bytes], Rejected]
@@ -147,7 +152,7 @@ class Codec:
             ts = _fix_time(p.ts)
         except msgspec.ValidationError as exc:
             return reject(*_classify(exc), raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return reject(Reason.INVALID_JSON, str(exc), raw)
         except _Reject as exc:
             return reject(exc.reason, exc.detail, raw)
@@ -185,7 +190,7 @@ class Codec:
             p = payloads.owntracks_location_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return reject(*_classify(exc))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return reject(Reason.INVALID_JSON, str(exc))
         if p.tst < 0:
             return reject(Reason.TS_INVALID, f"tst {p.tst} is negative")
@@ -214,7 +219,7 @@ class Codec:
             ts = _fix_time(p.ts)
         except msgspec.ValidationError as exc:
             return reject(*_classify(exc))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return reject(Reason.INVALID_JSON, str(exc))
         except _Reject as exc:
             return reject(exc.reason, exc.detail)

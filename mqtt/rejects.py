@@ -27,6 +27,7 @@ class Reason(enum.StrEnum):
     INVALID_STATUS = "invalid_status"
     CONFLICT = "conflict"
     DELIVERY_REFUSED = "delivery_refused"
+    RATE_LIMITED = "rate_limited"
     STORAGE_ERROR = "storage_error"
 
 

@@ -75,6 +75,8 @@ def check_url(text: str) -> str:
         raise InvalidSubscription(f"url: names no host: {url!r}")
     if any(c.isspace() for c in url):
         raise InvalidSubscription(f"url: contains white space: {url!r}")
+    if "\x00" in url:  # PostgreSQL text cannot hold it
+        raise InvalidSubscription(f"url: contains a NUL character: {url!r}")
     return url
 
 
@@ -92,6 +94,8 @@ def check_kinds(kinds: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def _check_description(text: str) -> str:
     if len(text) > MAX_DESCRIPTION_CHARS:
         raise InvalidSubscription(f"description: at most {MAX_DESCRIPTION_CHARS} characters")
+    if "\x00" in text:  # PostgreSQL text cannot hold it
+        raise InvalidSubscription("description: contains a NUL character")
     return text
 
 

@@ -96,6 +96,13 @@ def _no_webhook(webhook_id: str) -> Problem:
     return Problem(404, f"no webhook {webhook_id!r}")
 
 
+def _webhook_id(request: web.Request) -> str:
+    webhook_id = request.match_info["webhook_id"]
+    if "\x00" in webhook_id:  # PostgreSQL text cannot hold it, so no webhook has it
+        raise _no_webhook(webhook_id)
+    return webhook_id
+
+
 def _delivery_id(request: web.Request) -> int:
     text = request.match_info["delivery_id"]
     if not text.isdigit() or not text.isascii():
@@ -152,7 +159,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def get_webhook(request: web.Request) -> web.Response:
-    webhook_id = request.match_info["webhook_id"]
+    webhook_id = _webhook_id(request)
     async with services(request).db() as conn:
         found = await store.get(conn, webhook_id)
     if found is None:
@@ -170,7 +177,7 @@ async def get_webhook(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def change_webhook(request: web.Request) -> web.Response:
-    webhook_id = request.match_info["webhook_id"]
+    webhook_id = _webhook_id(request)
     change = await a.body(request, WebhookChange)
 
     def given(value: Any) -> Any:
@@ -204,7 +211,7 @@ async def change_webhook(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def delete_webhook(request: web.Request) -> web.Response:
-    webhook_id = request.match_info["webhook_id"]
+    webhook_id = _webhook_id(request)
     async with services(request).db() as conn:
         removed = await store.remove(conn, webhook_id, actor=a.principal(request).token_id)
     if not removed:
@@ -238,7 +245,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def list_deliveries(request: web.Request) -> web.Response:
-    webhook_id = request.match_info["webhook_id"]
+    webhook_id = _webhook_id(request)
     status = a.query_choice(request, "status", store.STATUSES)
     before = a.query_int(request, "before", 0, minimum=1) or None
     limit = a.query_int(request, "limit", store.LISTING_LIMIT, minimum=1, maximum=MAX_PAGE)

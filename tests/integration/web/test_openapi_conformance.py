@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import redis.asyncio as aioredis
@@ -293,3 +294,107 @@ async def test_schemathesis_finds_no_nonconformance(settings: Settings, tmp_path
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-8000:]
     assert re.search(r"\b[1-9]\d* passed\b", text), text[-3000:]
+
+
+# Every operation, writes included, with an admin token (admin may call everything): a
+# fixed seed and a bounded number of cases per operation keep it CI-sized (~40 s).
+SCHEMATHESIS_ALL_EXAMPLES = int(os.environ.get("FLEETPULSE_SCHEMATHESIS_ALL_EXAMPLES", "5"))
+LOOPBACK_URL = {"type": "string", "pattern": r"^http://127\.0\.0\.1:9/[a-z]*$"}
+PARCEL = {
+    "id": "parcel-1",
+    "vehicle_id": "van-1",
+    "destination": {"lat": PORTO[0], "lon": PORTO[1]},
+    "window_start": "2026-11-27T09:00:00+00:00",
+    "window_end": "2026-11-27T11:00:00+00:00",
+}
+DEPOT = {
+    "type": "Feature",
+    "properties": {"name": "depot", "radius_m": 100},
+    "geometry": {"type": "Point", "coordinates": [PORTO[1], PORTO[0]]},
+}
+
+
+async def existing_resources(http: ClientSession) -> dict[str, str]:
+    """A fence, a delivery with its tracking link, and a webhook, made through the API;
+    returns their ids by path-parameter name, so that generated requests reach the
+    routes' logic and not only their 404s."""
+    async with http.put("/api/v1/geofences/depot", json=DEPOT) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.post("/api/v1/deliveries", json=PARCEL) as resp:
+        assert resp.status == 201, await resp.text()
+    async with http.post("/api/v1/deliveries/parcel-1/token") as resp:
+        assert resp.status == 200, await resp.text()
+        tracking = (await resp.json())["tracking_token"]
+    hook = {"url": "http://127.0.0.1:9/hook", "description": "conformance"}
+    async with http.post("/api/v1/webhooks", json=hook) as resp:
+        assert resp.status == 201, await resp.text()
+        webhook_id = (await resp.json())["id"]
+    return {
+        "device_id": "van-1",
+        "fence_id": "depot",
+        "delivery_id": "parcel-1",
+        "token": tracking,
+        "webhook_id": webhook_id,
+    }
+
+
+async def test_schemathesis_every_operation_with_an_admin_token(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Writes too: POST, PUT, PATCH and DELETE get generated bodies, valid and invalid;
+    every answer must be documented and none a 5xx."""
+    token = await make_token(settings, "admin")
+    async with web_client(settings, token) as http:
+        known = await existing_resources(http)
+        async with http.get("/api/openapi.json") as resp:
+            document = await resp.json()
+        for methods in document["paths"].values():
+            for operation in methods.values():
+                for p in operation.get("parameters", []):
+                    if p["in"] == "path" and p["name"] in known:
+                        p["schema"] = {**p["schema"], "examples": [known[p["name"]]]}
+        # The app sends events to subscribed URLs: generated subscriptions must point
+        # here, never at an address on the network.
+        for name in ("NewWebhook", "WebhookChange"):
+            document["components"]["schemas"][name]["properties"]["url"] = LOOPBACK_URL
+        spec = tmp_path / "openapi.json"
+        spec.write_text(json.dumps(document))
+        process = await asyncio.create_subprocess_exec(
+            str(SCHEMATHESIS),
+            "run",
+            str(spec),
+            "--url",
+            settings.web_base_url,
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance",
+            "--max-examples",
+            str(SCHEMATHESIS_ALL_EXAMPLES),
+            "--seed",
+            SCHEMATHESIS_SEED,
+            "--workers",
+            "1",
+            "--no-shrink",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), SCHEMATHESIS_TIMEOUT_S)
+    text = output.decode(errors="replace")
+    conn = await connect(settings.database_url)
+    try:
+        cur = await conn.execute("SELECT url FROM webhook_subscriptions")
+        urls = [str(url) for (url,) in await cur.fetchall()]
+    finally:
+        await conn.close()
+    assert all(urlsplit(url).hostname == "127.0.0.1" for url in urls), urls
+    assert process.returncode == 0, text[-12000:]
+    operations = sum(len(m) for m in document["paths"].values())
+    assert re.search(rf"Tested: {operations}\b", text), text[-3000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", text)
+    assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 0, text[-3000:]

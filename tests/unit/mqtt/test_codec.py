@@ -723,10 +723,11 @@ def test_reason_example(codec: Codec, topic: str, payload: bytes, reason: Reason
 
 def test_every_device_input_reason_has_an_example() -> None:
     # NOT_FINITE cannot travel in JSON (see test_validation); CONFLICT comes from the
-    # batch; STORAGE_ERROR and DELIVERY_REFUSED from the writer, which looks at the rows.
+    # batch; STORAGE_ERROR and DELIVERY_REFUSED from the writer, which looks at the rows;
+    # RATE_LIMITED from the ingester's flood guard (tests/unit/ingest/test_flood.py).
     covered = {reason for _, _, reason in REASON_EXAMPLES}
     from_writer = {Reason.CONFLICT, Reason.STORAGE_ERROR, Reason.DELIVERY_REFUSED}
-    expected = set(Reason) - {Reason.NOT_FINITE} - from_writer
+    expected = set(Reason) - {Reason.NOT_FINITE, Reason.RATE_LIMITED} - from_writer
     assert covered == expected
 
 
