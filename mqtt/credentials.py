@@ -107,6 +107,8 @@ def _check_name(name: str, what: str, allowed: re.Pattern[str], punctuation: str
     ):
         if char in name:
             raise InvalidName(f"{what} {name!r} contains {why}")
+    if not name.strip("."):
+        raise InvalidName(f"{what} {name!r} is made of dots only, which read as a path step")
     if not allowed.fullmatch(name):
         bad = next(c for c in name if not allowed.fullmatch(c))
         raise InvalidName(

@@ -9,7 +9,8 @@ from datetime import datetime
 import msgspec
 
 # Device ids come from topics and name deliveries in drivers' reports: one rule for both.
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Dots alone ("." or "..") would read as a path step in URLs and files: refused.
+DEVICE_ID_PATTERN = re.compile(r"(?!\.+$)[A-Za-z0-9_.:-]{1,64}")
 
 
 def is_valid_device_id(device_id: str) -> bool:

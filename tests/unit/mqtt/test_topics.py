@@ -102,6 +102,11 @@ def test_parse_with_multi_level_prefix() -> None:
         ("plus+", False),
         ("\u00e9", False),
         ("new\nline", False),
+        (".", False),
+        ("..", False),
+        ("...", False),
+        ("..x", True),
+        ("v1.2", True),
     ],
 )
 def test_device_id_pattern(device_id: str, valid: bool) -> None:
