@@ -429,7 +429,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "stream_maxlen",
-        "100000",
+        "10000",
         _positive_int,
         "entries kept per hand-off stream; a tracker further behind re-reads PostgreSQL",
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import socket
 from datetime import timedelta
 
@@ -94,7 +96,28 @@ def test_every_setting_has_an_environment_variable_and_a_flag() -> None:
         "FLEETPULSE_DRONE_CRUISE_SPEED_MPS",
         "FLEETPULSE_DRONE_CRUISE_ALT_M",
         "FLEETPULSE_DRONE_RESERVE_PCT",
+        "FLEETPULSE_DEVICE_MAX_RATE",
+        "FLEETPULSE_WEB_HOST",
+        "FLEETPULSE_WEB_PORT",
+        "FLEETPULSE_PUBLIC_URL",
+        "FLEETPULSE_BASEMAP_URL",
+        "FLEETPULSE_REVEAL_ETA",
+        "FLEETPULSE_REVEAL_STOPS",
+        "FLEETPULSE_PUBLIC_RATE_LIMIT",
+        "FLEETPULSE_TRUSTED_PROXIES",
+        "FLEETPULSE_WS_QUEUE",
+        "FLEETPULSE_WS_SLOW_AFTER",
+        "FLEETPULSE_WEBHOOK_TIMEOUT",
+        "FLEETPULSE_WEBHOOK_MAX_ATTEMPTS",
+        "FLEETPULSE_WEBHOOK_BACKOFF",
+        "FLEETPULSE_MQTT_PASSWORD_FILE",
+        "FLEETPULSE_MQTT_ACL_FILE",
+        "FLEETPULSE_MQTT_PID_FILE",
+        "FLEETPULSE_MQTT_RELOAD_CMD",
+        "FLEETPULSE_MQTT_AUTH_BACKEND",
+        "FLEETPULSE_MQTT_ADMIN_URL",
         "FLEETPULSE_LOG_LEVEL",
+        "FLEETPULSE_LOG_FORMAT",
     }
     assert {o.field for o in OPTIONS} == set(Settings.__dataclass_fields__)
     by_field = {o.field: o for o in OPTIONS}
@@ -141,9 +164,15 @@ def test_environment_overrides() -> None:
             drone_cruise_alt_m="80",
             drone_reserve_pct="25",
             log_level="debug",
+            web_port="9090",
+            public_url="https://fleet.example/",
+            trusted_proxies="10.0.0.0/8, 192.0.2.1",
+            reveal_eta="5m",
+            log_format="json",
         )
     )
-    assert s == Settings(
+    assert s == dataclasses.replace(
+        load_settings({}),
         database_url="postgresql://fp:pw@db.example:5433/fp",
         redis_url="rediss://:pw@cache:6380/2",
         mqtt_url="mqtts://ingest:secret@broker.example:8883",
@@ -180,7 +209,16 @@ def test_environment_overrides() -> None:
         drone_cruise_alt_m=80.0,
         drone_reserve_pct=25.0,
         log_level="DEBUG",
+        web_port=9090,
+        public_url="https://fleet.example",
+        trusted_proxies=(
+            ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("192.0.2.1/32"),
+        ),
+        reveal_eta=timedelta(minutes=5),
+        log_format="json",
     )
+    assert s.web_base_url == "https://fleet.example"
 
 
 def test_unrelated_environment_is_ignored() -> None:
@@ -201,6 +239,10 @@ def test_cli_overrides_win_over_environment() -> None:
 
 def test_cli_overrides_win_over_defaults() -> None:
     assert load_settings({}, {"share_group": "g2"}).share_group == "g2"
+
+
+def test_an_empty_share_group_means_a_plain_subscription() -> None:
+    assert load_settings({"FLEETPULSE_SHARE_GROUP": ""}).share_group == ""
 
 
 # --- durations and the zero that means "off" ----------------------------------------------
@@ -287,10 +329,18 @@ BAD_VALUES = [
     ("topic_prefix", "/"),
     ("topic_prefix", ""),
     ("owntracks_prefix", "own+tracks"),
+    ("web_port", "70000"),
+    ("web_port", "http"),
+    ("web_host", "a b"),
+    ("public_url", "fleet.example"),
+    ("basemap_url", "https://tiles.example/tile.png"),
+    ("trusted_proxies", "10.0.0.0/8,proxy"),
+    ("reveal_eta", "0"),
+    ("ws_queue", "0"),
+    ("log_format", "xml"),
     ("share_group", "a b"),
     ("share_group", "g/1"),
     ("share_group", "x" * 65),
-    ("share_group", ""),
     ("client_id", "has space"),
     ("client_id", "c" * 65),
     ("max_fix_age", "7 days"),
