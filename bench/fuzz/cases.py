@@ -30,7 +30,7 @@ from mqtt.codec import MAX_DETAIL_CHARS, Codec, Ignored, StatusReport
 from mqtt.rejects import Reason, Rejected
 from mqtt.topics import TopicScheme
 from tracker.handoff import DeliveryReport
-from tracker.positions import Fix, is_valid_device_id
+from tracker.positions import DEVICE_ID_PATTERN, Fix, is_valid_device_id
 
 # 2026-11-27T09:00:00Z; valid fixes are up to six days older (the maximum age is seven).
 RECEIVED_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ HOSTILE_IDS = (
     "%s",
     "{device}",
 )
-valid_ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
+valid_ids = st.from_regex(DEVICE_ID_PATTERN, fullmatch=True)
 device_ids = st.one_of(valid_ids, st.sampled_from(HOSTILE_IDS), st.text(max_size=80))
 
 
