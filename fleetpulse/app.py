@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from fleetpulse import process_stats
+from fleetpulse import gc_tuning, process_stats
 from fleetpulse.database import connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
@@ -119,6 +119,7 @@ async def run_stages(
 ) -> None:
     """Run the chosen stages in this process until SIGTERM or SIGINT; each stops cleanly
     (ingest writes and acknowledges what it holds, the tracker checkpoints)."""
+    gc_tuning.tune()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
