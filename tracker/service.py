@@ -31,7 +31,7 @@ from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from tracker import delivery_store, profile_store, store
 from tracker import live as live_state
-from tracker.deliveries import DeliveryMachine
+from tracker.deliveries import Delivery, DeliveryMachine
 from tracker.delivery_tracking import DeliveryTracking, EtaUpdate, StateChange
 from tracker.eta import DetourModel, EtaEstimator
 from tracker.events import Event
@@ -438,10 +438,15 @@ class Tracker:
         if not changed:
             return
         count = self._settings.partitions
+        by_partition: dict[int, list[Delivery]] = {}
+        for delivery in changed:
+            by_partition.setdefault(partition_of(delivery.vehicle_id, count), []).append(delivery)
         events: list[Event] = []
         for number, partition in self.partitions.items():
-            mine = [d for d in changed if partition_of(d.vehicle_id, count) == number]
-            partition.deliveries.drop(d.id for d in changed if d not in mine)
+            mine = by_partition.get(number, [])
+            kept = {d.id for d in mine}
+            # A reassigned delivery leaves the partition of its former vehicle.
+            partition.deliveries.drop(d.id for d in changed if d.id not in kept)
             events.extend(partition.reconsider(partition.deliveries.load(mine)))
         self.counts["delivery_reloads"] += len(changed)
         await self._emit(conn, live, events)
