@@ -1,6 +1,6 @@
 """One client process of the websocket benchmark:
 
-    python -m bench.ws.clients dispatch --url ws://host:port --token T --count N ...
+    python -m bench.ws.clients dispatch --url ws://host:port[,ws://...] --token T --count N ...
     python -m bench.ws.clients track --url ws://host:port --tokens FILE --first I --count N ...
 
 Opens its websockets with the `websockets` library (an implementation independent of the
@@ -15,12 +15,18 @@ the time the driver published it): positions use each device's `ts`; events thei
 (so they include the tracker's reorder window); ETAs (dispatch `eta` and customers'
 `track`) their `computed_at`, the time of the fix they were computed from (a customer's
 view sent again with an ETA it already had counts as a delivery, not as a latency).
+
+A latency is only the server's if the client read the frame when it arrived. So each
+process also reports its own CPU over the window and its event loop's lag (how late a
+timer fires): a process near 100 % of a core, or with a lag of seconds, read its frames
+late, and the latencies then include its own backlog.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -39,6 +45,8 @@ from bench.ws.histogram import Histogram
 CONNECT_CONCURRENCY = 50
 OPEN_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 5.0
+# The event loop's lag is how late a timer of this period fires.
+LAG_PROBE_S = 0.1
 
 
 class _Position(msgspec.Struct):
@@ -69,6 +77,13 @@ class _Frame(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Frame).decode
+_TRACK_PREFIX = '{"type":"track"'  # how the web app frames a customer's view (web.ws_track)
+
+
+def _is_track(raw: str | bytes) -> bool:
+    if isinstance(raw, bytes):
+        return raw.startswith(_TRACK_PREFIX.encode())
+    return raw.startswith(_TRACK_PREFIX)
 
 
 class Tally:
@@ -82,6 +97,7 @@ class Tally:
         self.latency: dict[str, Histogram] = {}
         self.outside_window = 0
         self.undecodable = 0
+        self.loop_lag = Histogram()  # ms, in the window
 
     def _latency(self, kind: str, now: float, fix_time: datetime) -> None:
         histogram = self.latency.get(kind)
@@ -93,6 +109,14 @@ class Tally:
         """Count one frame; `seen` is the connection's own memory (its last ETA)."""
         if not self.start_at <= now < self.end_at:
             self.outside_window += 1
+            # An ETA first shown before the window is old news when a view in it repeats
+            # it (a revealed delivery's view is sent again on every move of the van):
+            # remembered, or its age would count as latency.
+            if _is_track(raw):
+                with contextlib.suppress(msgspec.DecodeError):
+                    view = _decode(raw).delivery
+                    if view is not None and view.eta is not None:
+                        seen["eta"] = view.eta.computed_at
             return
         try:
             frame = _decode(raw)
@@ -129,13 +153,21 @@ class Clients:
         self.closed: Counter[str] = Counter()  # close codes before the end
 
     def _targets(self) -> list[tuple[str, dict[str, str]]]:
-        base = self.args.url.rstrip("/")
+        # Sockets go round the web workers, so that each process loads every worker alike.
+        bases = [url.rstrip("/") for url in self.args.url.split(",")]
+        first = self.args.first
         if self.args.role == "dispatch":
             headers = {"Authorization": f"Bearer {self.args.token}"}
-            return [(f"{base}/ws/dispatch", headers)] * self.args.count
+            return [
+                (f"{bases[(first + i) % len(bases)]}/ws/dispatch", headers)
+                for i in range(self.args.count)
+            ]
         tokens = Path(self.args.tokens).read_text().split()
-        chosen = tokens[self.args.first : self.args.first + self.args.count]
-        return [(f"{base}/ws/track/{token}", {}) for token in chosen]
+        chosen = tokens[first : first + self.args.count]
+        return [
+            (f"{bases[(first + i) % len(bases)]}/ws/track/{token}", {})
+            for i, token in enumerate(chosen)
+        ]
 
     async def _open(
         self, url: str, headers: dict[str, str], gate: asyncio.Semaphore
@@ -173,6 +205,14 @@ class Clients:
             code = ws.close_code
             self.closed[str(code) if code is not None else "none"] += 1
 
+    async def _probe_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            if self.tally.start_at <= time.time() < self.tally.end_at:
+                self.tally.loop_lag.add((loop.time() - asked - LAG_PROBE_S) * 1000.0)
+
     async def run(self) -> dict[str, Any]:
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         opened = await asyncio.gather(*(self._open(u, h, gate) for u, h in self._targets()))
@@ -185,10 +225,13 @@ class Clients:
         line = await asyncio.to_thread(sys.stdin.readline)
         start_at, end_at = (float(v) for v in line.split())
         self.tally.start_at, self.tally.end_at = start_at, end_at
+        probe = asyncio.create_task(self._probe_lag())
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        cpu_before = _cpu_s()
+        cpu_before, wall_before = _cpu_s(), time.monotonic()
         await asyncio.sleep(max(0.0, end_at - time.time()))
-        cpu_used = _cpu_s() - cpu_before
+        # A busy loop wakes late: the CPU is per second of the time really measured.
+        cpu_used, cpu_wall = _cpu_s() - cpu_before, time.monotonic() - wall_before
+        probe.cancel()
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         await asyncio.gather(*readers, return_exceptions=True)
         tally = self.tally
@@ -203,7 +246,10 @@ class Clients:
             "deliveries": dict(tally.deliveries),
             "latency": {kind: h.as_json() for kind, h in tally.latency.items()},
             "undecodable": tally.undecodable,
+            "outside_window": tally.outside_window,
             "cpu_s": cpu_used,
+            "cpu_wall_s": cpu_wall,
+            "loop_lag": tally.loop_lag.as_json(),
         }
 
 
@@ -223,7 +269,9 @@ def raise_open_file_limit() -> int:
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("role", choices=("dispatch", "track"))
-    parser.add_argument("--url", required=True, help="ws://host:port of the web app")
+    parser.add_argument(
+        "--url", required=True, help="ws://host:port of the web app; comma-separated: each worker"
+    )
     parser.add_argument("--count", type=int, required=True, help="websockets to open")
     parser.add_argument("--token", default="", help="bearer token (dispatch)")
     parser.add_argument("--tokens", default="", help="file of tracking tokens (track)")

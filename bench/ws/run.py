@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -21,16 +22,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.ingest import database, machine
 from bench.ingest.children import REPO_ROOT, Child, child_env, python_module
 from bench.ingest.ingester import fleetpulse_command
-from bench.ingest.procstat import CpuMeter, MachineMeter
 from bench.ws import fleet, results
 from bench.ws.clients import raise_open_file_limit
+from bench.ws.feed import FeedCounter
+from bench.ws.sampler import TRACKER_LAG, Sampler, scrape_ws
 from fleetpulse.database import connect
 from fleetpulse.local_servers import Mosquitto, Redis, free_port
 from tracker import delivery_store
@@ -41,8 +43,9 @@ CLIENTS_READY_TIMEOUT_S = 300.0
 REPORT_TIMEOUT_S = 120.0
 # Publishers: time to start the interpreter and connect before the common start time.
 PUBLISHER_START_DELAY_S = 2.0
-# Clients exit when the window ends; their CPU time is read this long before.
-CPU_READ_BEFORE_END_S = 1.0
+# Clients exit when the window ends; the sampler stops this long before.
+SAMPLER_STOP_BEFORE_END_S = 1.0
+SCRAPE_TIMEOUT_S = 30.0
 # Every customer connects from 127.0.0.1: the per-address limit on public endpoints
 # would refuse all but the first few, so it is lifted for the run.
 UNLIMITED = "1000000000"
@@ -147,20 +150,39 @@ def _logged(path: Path, text: str) -> bool:
     return path.exists() and text in path.read_text(errors="replace")
 
 
-async def _scrape_ws(http: aiohttp.ClientSession, bases: list[str]) -> dict[str, float]:
-    """The web workers' websocket counters, summed over the workers."""
-    totals: dict[str, float] = {}
+async def _scrape_each(http: aiohttp.ClientSession, bases: list[str]) -> list[dict[str, float]]:
+    """Every web worker's websocket figures, each from its own port."""
+    out = []
     for base in bases:
-        async with http.get(f"{base}/metrics") as resp:
-            text = await resp.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.startswith("fleetpulse_ws_") and not sample.name.endswith(
-                    "_created"
-                ):
-                    name = sample.name.removeprefix("fleetpulse_")
-                    totals[name] = totals.get(name, 0.0) + sample.value
-    return totals
+        async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+            values = await scrape_ws(http, base)
+        values.pop(TRACKER_LAG, None)  # the deployment's, sampled by the Sampler
+        out.append(values)
+    return out
+
+
+def _server_figures(
+    before: list[dict[str, float]],
+    after: list[dict[str, float]],
+    levels: list[dict[str, float]],
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(summed over the workers, each worker's): counters as their growth over the
+    window, levels (`clients`, `queued`) as of the sampler's last complete reading."""
+    workers = []
+    for was, now, level in zip(before, after, levels, strict=True):
+        workers.append(
+            {
+                name: round(now[name] - was.get(name, 0.0))
+                if name.endswith("_total")
+                else level.get(name, 0.0)
+                for name in now
+            }
+        )
+    summed: dict[str, float] = {}
+    for worker in workers:
+        for name, value in worker.items():
+            summed[name] = summed.get(name, 0.0) + value
+    return summed, workers
 
 
 async def _start(
@@ -180,6 +202,17 @@ async def _start(
         if stderr is not None:
             stderr.close()
     return Child(name, process)
+
+
+def _distinct_ports(count: int) -> list[int]:
+    """A port per web worker, so that each worker's /metrics is scraped on its own (on one
+    shared SO_REUSEPORT port a scrape reaches whichever worker the kernel picks)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -205,7 +238,7 @@ async def run(config: Config) -> results.Run:
         with Mosquitto() as broker, Redis() as redis_server:
             url = database.database_url(config.server_url, config.database)
             await database.recreate(config.server_url, config.database)
-            ports = [free_port() for _ in range(config.web_workers)]
+            ports = _distinct_ports(config.web_workers)
             env = child_env(
                 FLEETPULSE_DATABASE_URL=url,
                 FLEETPULSE_MQTT_URL=broker.url,
@@ -215,6 +248,8 @@ async def run(config: Config) -> results.Run:
             )
             log("migrating a fresh database")
             await database.migrate(fleetpulse_command(), env)
+            # Before this run's own processes start: the load average is the background's.
+            described = await machine.describe(url)
             log(f"creating {config.vans} fences and {config.customers} deliveries")
             viewer, fences_file = await _prepare_database(config, url, work)
             await _cli(env, "geofences", "import", str(fences_file))
@@ -267,11 +302,11 @@ async def run(config: Config) -> results.Run:
                 index = 0
                 for role, total, procs in groups:
                     for first, count in _split(total, procs):
-                        ws_base = bases[index % len(bases)].replace("http://", "ws://")
+                        ws_bases = ",".join(b.replace("http://", "ws://") for b in bases)
                         argv = python_module(
                             "bench.ws.clients",
                             role,
-                            f"--url={ws_base}",
+                            f"--url={ws_bases}",
                             f"--count={count}",
                             f"--token={viewer}",
                             f"--tokens={tokens_file}",
@@ -291,6 +326,8 @@ async def run(config: Config) -> results.Run:
                         raise RuntimeError(f"{child.name} exited before connecting; see {work}")
                     log(f"  {child.name}: {ready['connected']} connected, failed {ready['failed']}")
 
+                feed = FeedCounter(redis_server.url)
+                await feed.start()
                 epoch = time.time() + PUBLISHER_START_DELAY_S
                 window_start = epoch + config.warmup_s
                 window_end = window_start + config.duration_s
@@ -323,30 +360,50 @@ async def run(config: Config) -> results.Run:
 
                 await asyncio.sleep(max(0.0, window_start - time.time()))
                 pg_backends = await database.backend_pids(url, config.database)
-                meters = {
-                    "web": CpuMeter([c.pid for c in webs]),
-                    "ingest": CpuMeter([children[0].pid]),
-                    "tracker": CpuMeter([children[1].pid]),
-                    "broker": CpuMeter([broker.pid] if broker.pid else []),
-                    "redis": CpuMeter([redis_server.pid] if redis_server.pid else []),
-                    "postgres": CpuMeter(pg_backends),
-                    "clients": CpuMeter([c.pid for c in clients]),
-                    "publishers": CpuMeter([c.pid for c in publishers]),
+                processes: dict[str, list[int]] = {c.name: [c.pid] for c in webs}
+                processes |= {
+                    "ingest": [children[0].pid],
+                    "tracker": [children[1].pid],
+                    "broker": [broker.pid] if broker.pid else [],
+                    "redis": [redis_server.pid] if redis_server.pid else [],
+                    "postgres": pg_backends,
                 }
-                for meter in meters.values():
-                    meter.start()
-                whole = MachineMeter()
-                whole.start()
-                # A saturated worker answers /metrics late: counters are taken as the
-                # difference of scrapes before and after the window, levels (clients
-                # connected) from one in its middle.
-                before = await _scrape_ws(http, bases)
-                await asyncio.sleep(max(0.0, window_start + config.duration_s / 2 - time.time()))
-                middle = await _scrape_ws(http, bases)
-                # Clients exit as the window ends: their CPU is read just before.
-                await asyncio.sleep(max(0.0, window_end - CPU_READ_BEFORE_END_S - time.time()))
-                cpu = {name: round(meter.percent(), 1) for name, meter in meters.items()}
-                cpu["machine"] = round(whole.percent(), 1)
+                processes |= {c.name: [c.pid] for c in clients + publishers}
+                processes["harness"] = [os.getpid()]
+                cpu_groups = {
+                    "web": [c.name for c in webs],
+                    **{name: [name] for name in ("ingest", "tracker", "broker", "redis")},
+                    "postgres": ["postgres"],
+                    "dispatch clients": [c.name for c in clients if c.name.startswith("dispatch")],
+                    "customer clients": [c.name for c in clients if c.name.startswith("track")],
+                    "publishers": [c.name for c in publishers],
+                    "harness": ["harness"],
+                }
+                sampler = Sampler(
+                    processes,
+                    cpu_groups,
+                    {c.name: b for c, b in zip(webs, bases, strict=True)},
+                    ports,
+                    redis_server.url,
+                    int(urlsplit(redis_server.url).port or 6379),
+                )
+                sampler.start(http)
+                # A saturated worker answers /metrics late: its counters are taken as the
+                # difference of scrapes before and after the window.
+                before = await _scrape_each(http, bases)
+                before_at = time.monotonic()
+                # Clients exit as the window ends: the sampler stops just before, and the
+                # counters are read then.
+                await asyncio.sleep(max(0.0, window_end - SAMPLER_STOP_BEFORE_END_S - time.time()))
+                await sampler.stop()
+                await feed.stop()
+                feed_end = time.time()
+                after = await _scrape_each(http, bases)
+                # Each scrape's figures are as of its answer: the span is between answers.
+                after_at = time.monotonic()
+                sampled = sampler.report()
+                sampled["server_counters_over_s"] = round(after_at - before_at, 1)
+                sampled["feed_published"] = feed.report(window_start, feed_end)
 
             reports = []
             for child in clients:
@@ -354,14 +411,7 @@ async def run(config: Config) -> results.Run:
                 if report is None:
                     raise RuntimeError(f"{child.name} exited without a report; see {work}")
                 reports.append(report)
-            async with aiohttp.ClientSession() as http:
-                after = await _scrape_ws(http, bases)
-            server = {
-                name: round(after[name] - before.get(name, 0.0))
-                if name.endswith("_total")
-                else middle.get(name, 0.0)
-                for name in after
-            }
+            server, per_worker = _server_figures(before, after, sampler.last_levels(len(bases)))
             published = acked = 0
             for child in publishers:
                 report = await asyncio.wait_for(child.read_json_line(), REPORT_TIMEOUT_S)
@@ -378,7 +428,7 @@ async def run(config: Config) -> results.Run:
                 config={
                     k: v for k, v in vars(config).items() if k not in ("server_url", "keep_logs")
                 },
-                machine=await machine.describe(url),
+                machine=described,
                 dispatch=dispatch,
                 customers=customers,
                 window_s=config.duration_s,
@@ -387,7 +437,9 @@ async def run(config: Config) -> results.Run:
                 offered_per_s=round(published / (config.warmup_s + config.duration_s), 1),
                 streams=results.streams(reports, config.duration_s),
                 server=server,
-                cpu_pct=cpu,
+                server_per_worker=per_worker,
+                cpu_pct=sampled.pop("cpu_pct"),
+                sampled=sampled,
             )
     finally:
         for child in reversed(children):
