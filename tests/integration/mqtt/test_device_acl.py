@@ -43,24 +43,14 @@ REFUSED_LOGIN = {0x86, NOT_AUTHORIZED}
 SCHEME = TopicScheme()
 
 
-class SecureMosquitto(Mosquitto):
-    """A private broker from the production config: its two listeners on free ports, a
-    throwaway TLS certificate, and the password, ACL and pid files in its data directory.
-    Construct, write the files, then start: the broker needs them to exist."""
-
-    config_name = "mosquitto/mosquitto-secure.conf"
+class TlsMosquitto(Mosquitto):
+    """A private broker from one of the production configs: its two listeners on free
+    ports, a throwaway TLS certificate, and the files the config names (`files()`) in
+    its data directory. Construct, write those files, then start."""
 
     def __init__(self) -> None:
         self.tls_port = free_port()
         super().__init__()
-
-    @property
-    def password_file(self) -> Path:
-        return self.data_dir / "passwd"
-
-    @property
-    def acl_file(self) -> Path:
-        return self.data_dir / "acl"
 
     @property
     def pid_file(self) -> Path:
@@ -70,29 +60,49 @@ class SecureMosquitto(Mosquitto):
     def certificate(self) -> Path:
         return self.data_dir / "cert.pem"
 
+    def files(self) -> dict[str, Path]:
+        """The config's file directives, set to paths in the data directory."""
+        return {"pid_file": self.pid_file}
+
     def render(self, template: str) -> str:
         text = super().render(template)  # the plain listener's port, persistence location
         text, n = re.subn(r"(?m)^listener\s+8883\b.*$", f"listener {self.tls_port} 127.0.0.1", text)
-        assert n == 1, "the secure config has no TLS listener on 8883"
+        assert n == 1, f"{self.config_name} has no TLS listener on 8883"
         key = self.data_dir / "key.pem"
-        for directive, path in (
-            ("password_file", self.password_file),
-            ("acl_file", self.acl_file),
-            ("pid_file", self.pid_file),
-            ("certfile", self.certificate),
-            ("keyfile", key),
-        ):
+        paths = {**self.files(), "certfile": self.certificate, "keyfile": key}
+        for directive, path in paths.items():
             text, n = re.subn(rf"(?m)^{directive}\s.*$", f"{directive} {path}", text)
-            assert n == 1, f"the secure config has no single {directive}"
+            assert n == 1, f"{self.config_name} has no single {directive}"
         _self_signed(self.certificate, key)
-        # The broker reads these after dropping to its own user, as
-        # deploy/mosquitto/mosquitto-secure.conf says: the key is given to its group, and
-        # files FleetPulse creates take the directory's group.
+        # The broker reads these (and writes some) after dropping to its own user, as the
+        # deploy configs say: the key is given to its group, and files FleetPulse creates
+        # take the directory's group.
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, group="mosquitto")
             shutil.chown(key, group="mosquitto")
             key.chmod(0o640)
         return text
+
+
+class SecureMosquitto(TlsMosquitto):
+    """The password-file and ACL-file broker."""
+
+    config_name = "mosquitto/mosquitto-secure.conf"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.data_dir / "acl"
+
+    def files(self) -> dict[str, Path]:
+        return {
+            **super().files(),
+            "password_file": self.password_file,
+            "acl_file": self.acl_file,
+        }
 
 
 def _self_signed(certificate: Path, key: Path) -> None:

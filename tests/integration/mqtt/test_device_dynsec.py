@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +27,7 @@ import pytest
 
 from fleetpulse import cli, device_credentials, dynsec
 from fleetpulse.database import Conn, connect
-from fleetpulse.local_servers import Mosquitto, free_port
+from fleetpulse.local_servers import Mosquitto
 from fleetpulse.settings import Settings
 from mqtt import credentials, dynsec_state
 from mqtt.client import Endpoint, Subscription, SubscriptionRefused
@@ -37,7 +35,7 @@ from mqtt.credentials import ServiceRole
 from mqtt.dynsec_state import BrokerState
 from mqtt.topics import TopicScheme
 from tests.conftest import WAIT_TIMEOUT_S, eventually, make_settings, running_ingester
-from tests.integration.mqtt.test_device_acl import Probe, _self_signed
+from tests.integration.mqtt.test_device_acl import Probe, TlsMosquitto
 
 GRANTED_QOS1 = 1
 NOT_AUTHORIZED = 0x87
@@ -46,49 +44,24 @@ SCHEME = TopicScheme()
 ADMIN = "fleetpulse-admin"
 
 
-class DynsecMosquitto(Mosquitto):
-    """A private broker from the dynsec config: both listeners on free ports, a
-    throwaway TLS certificate, the plugin's file and the pid file in its data directory.
-    Construct, write the plugin's file, then start."""
+class DynsecMosquitto(TlsMosquitto):
+    """The dynamic-security broker: the plugin's file in its data directory."""
 
     config_name = "mosquitto/mosquitto-dynsec.conf"
-
-    def __init__(self) -> None:
-        self.tls_port = free_port()
-        super().__init__()
 
     @property
     def plugin_file(self) -> Path:
         return self.data_dir / "dynamic-security.json"
 
-    @property
-    def certificate(self) -> Path:
-        return self.data_dir / "cert.pem"
+    def files(self) -> dict[str, Path]:
+        return {**super().files(), "plugin_opt_config_file": self.plugin_file}
 
     def render(self, template: str) -> str:
-        text = super().render(template)  # the plain listener's port, persistence location
-        text, n = re.subn(r"(?m)^listener\s+8883\b.*$", f"listener {self.tls_port} 127.0.0.1", text)
-        assert n == 1, "the dynsec config has no TLS listener on 8883"
-        certificate, key = self.certificate, self.data_dir / "key.pem"
-        for directive, path in (
-            ("plugin_opt_config_file", self.plugin_file),
-            ("pid_file", self.data_dir / "mosquitto.pid"),
-            ("certfile", certificate),
-            ("keyfile", key),
-        ):
-            text, n = re.subn(rf"(?m)^{directive}\s.*$", f"{directive} {path}", text)
-            assert n == 1, f"the dynsec config has no single {directive}"
+        text = super().render(template)
         plugin = re.search(r"(?m)^plugin\s+(\S+)$", text)
         assert plugin is not None, "the dynsec config loads no plugin"
         if not Path(plugin.group(1)).exists():
             pytest.fail(f"{plugin.group(1)} is missing: install Debian's mosquitto package")
-        _self_signed(certificate, key)
-        # Started as root, the broker reads the key and the plugin's file, and writes the
-        # latter, as its own user: as deploy/mosquitto/mosquitto-dynsec.conf says.
-        if os.geteuid() == 0:
-            shutil.chown(self.data_dir, group="mosquitto")
-            shutil.chown(key, group="mosquitto")
-            key.chmod(0o640)
         return text
 
 
