@@ -3,13 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean constraints
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,embedded]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev,embedded]'
 	touch $@
+
+# Newest versions pyproject.toml allows; run `make test` before committing the result.
+constraints:
+	$(PYTHON) -m venv $(VENV).fresh
+	$(VENV).fresh/bin/pip install --quiet --upgrade pip
+	$(VENV).fresh/bin/pip install --quiet -e '.[test,dev,embedded]'
+	{ sed -n '1,3p' constraints.txt; $(VENV).fresh/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf $(VENV).fresh
 
 run: $(BIN)/.installed
 	$(BIN)/fleetpulse demo
