@@ -5,6 +5,7 @@ keep live state and geofence state, store and publish events, checkpoint.
                                 └─▶ GeofenceEngine (reorder window) ──▶ events
     events ──▶ PostgreSQL (once each: deterministic ids) ──▶ Redis pub/sub
     every few seconds: checkpoint (stream position, arrival watermark, engines) in PostgreSQL
+    (the partitions' silence checks and checkpoints take turns: tracker/rotation.py)
 
 PostgreSQL is the record. If Redis lost its data (its epoch changed) or trimmed entries
 this tracker had not read, the tracker re-reads the fixes that arrived after its
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -44,6 +46,7 @@ from tracker.live import LiveDevice, LiveRules, LiveTracker
 from tracker.positions import Fix
 from tracker.redis_live import RedisLive
 from tracker.roads import RoadGraph, load_roads
+from tracker.rotation import Rotation
 from tracker.routing import Router
 from tracker.speed_profiles import SpeedProfile
 
@@ -229,6 +232,10 @@ class Tracker:
             await self._reload_fences(conn)
             await self._start(conn, client, live)
             await self._reload_deliveries(conn, live)
+            # Every partition has a checkpoint before the first turn of the rotation comes
+            # round: one that has none would be seeded from the registry after a restart,
+            # and derive its events again from a different starting state.
+            await self._checkpoint(conn)
             self.ready.set()
             log.info(
                 "tracker %d/%d owns partitions %s",
@@ -249,7 +256,10 @@ class Tracker:
         self, stop: asyncio.Event, conn: Conn, client: redis.Redis, live: RedisLive
     ) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = next_checkpoint = next_fence_poll = next_delivery_poll = loop.time()
+        next_redis_check = next_fence_poll = next_delivery_poll = loop.time()
+        partitions = list(self.partitions.values())
+        ticks = Rotation(partitions, TICK_INTERVAL_S, loop.time())
+        checkpoints = Rotation(partitions, CHECKPOINT_INTERVAL_S, loop.time())
         while not stop.is_set():
             entries = cast(
                 "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
@@ -270,11 +280,10 @@ class Tracker:
                     partition.stream_id = entry_id.decode()
                     self.counts["entries"] += 1
             now = loop.time()
-            if now >= next_tick and not behind:
+            if not behind:
                 wall = datetime.now(UTC)
-                for partition in self.partitions.values():
+                for partition in ticks.due(now):
                     events.extend(partition.tick(wall))
-                next_tick = now + TICK_INTERVAL_S
             await self._emit(conn, live, events)
             if now >= next_fence_poll:
                 await self._reload_fences(conn)
@@ -282,10 +291,10 @@ class Tracker:
             if now >= next_delivery_poll:
                 await self._reload_deliveries(conn, live)
                 next_delivery_poll = now + DELIVERY_POLL_INTERVAL_S
-            if now >= next_checkpoint:
+            if now >= next_redis_check:
                 await self._check_redis(conn, client, live)
-                await self._checkpoint(conn)
-                next_checkpoint = now + CHECKPOINT_INTERVAL_S
+                next_redis_check = now + CHECKPOINT_INTERVAL_S
+            await self._checkpoint(conn, checkpoints.due(now))
 
     async def _check_redis(self, conn: Conn, client: redis.Redis, live: RedisLive) -> None:
         epoch = await live.epoch()
@@ -324,9 +333,13 @@ class Tracker:
             self.counts["eta_updates"] += len(etas)
         await live.write(changed, events, etas)
 
-    async def _checkpoint(self, conn: Conn) -> None:
+    async def _checkpoint(self, conn: Conn, partitions: Sequence[Partition] | None = None) -> None:
+        """Save `partitions` (default all) in one transaction."""
+        partitions = list(self.partitions.values()) if partitions is None else partitions
+        if not partitions:
+            return
         async with conn.transaction():
-            for partition in self.partitions.values():
+            for partition in partitions:
                 await store.save_checkpoint(
                     conn,
                     store.Checkpoint(

@@ -184,8 +184,9 @@ async def test_tracker_rides_out_a_redis_restart(database_url: str, broker: Mosq
             await eventually(lambda: tracker.counts["events"] >= 1)
             own_redis.restart()  # persistence on: same data, same epoch
             await publish(broker.url, fixes("van-5", t0 + 40_000, TRACK[4:]))
+            # redis-py may reconnect by itself or the tracker restarts its loop (counted
+            # in "restarts"): either way, what it records must be right.
             await eventually(lambda: tracker.counts["events"] >= 1 and _has_exit(database_url))
-            assert tracker.counts["restarts"] >= 1
     kinds = [kind for _, kind, _ in await stored_events(database_url)]
     assert kinds == ["enter", "exit"]
 
