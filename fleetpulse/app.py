@@ -10,7 +10,6 @@ import signal
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 
@@ -80,30 +79,36 @@ def _stats_snapshots(
     return snapshots
 
 
-def _rebuild_profiles(settings: Settings) -> None:
-    """A rebuild in its own thread and event loop: most of it is Python computation
-    that would otherwise hold up the tracker's loop for seconds."""
+def _refresh_profiles(settings: Settings) -> None:
+    """A refresh (a rebuild once a day) in its own thread and event loop: most of it is
+    Python computation that would otherwise hold up the tracker's loop."""
 
-    async def rebuild() -> None:
+    async def refresh() -> None:
         conn = await connect(settings.database_url)
         try:
             since = datetime.now(UTC) - settings.profile_window
-            done = await profile_store.rebuild(conn, since, ZoneInfo(settings.timezone))
+            done = await profile_store.refresh_or_rebuild(conn, since)
             if done is not None:
-                log.info("speed profiles rebuilt from %d fixes", done.fixes)
+                log.info(
+                    "speed profiles: %s counted %d fixes (%d late, skipped), %d segments",
+                    done.kind,
+                    done.fixes,
+                    done.late_fixes,
+                    done.segments,
+                )
         finally:
             await conn.close()
 
-    asyncio.run(rebuild())
+    asyncio.run(refresh())
 
 
 async def refresh_profiles_forever(settings: Settings, stop: asyncio.Event) -> None:
     assert settings.profile_refresh is not None
     while not stop.is_set():
         try:
-            await asyncio.to_thread(_rebuild_profiles, settings)
+            await asyncio.to_thread(_refresh_profiles, settings)
         except (psycopg.Error, ServiceUnavailable) as exc:
-            log.warning("speed profile rebuild failed (%s); next try in an interval", exc)
+            log.warning("speed profile refresh failed (%s); next try in an interval", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.profile_refresh.total_seconds())
 

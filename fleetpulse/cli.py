@@ -197,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     profile_actions.add_parser(
         "rebuild", help="recompute from the last FLEETPULSE_PROFILE_WINDOW of telemetry"
     )
+    profile_actions.add_parser(
+        "refresh", help="add the telemetry that arrived since the last rebuild or refresh"
+    )
     profile_actions.add_parser("status", help="when they were built, and their size")
     eta = command("eta", "ETA accuracy")
     eta_actions = eta.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -525,18 +528,25 @@ async def _deliveries(settings: Settings, args: argparse.Namespace) -> None:
 async def _profiles(settings: Settings, args: argparse.Namespace) -> None:
     conn = await connect(settings.database_url)
     try:
-        if args.action == "rebuild":
-            since = datetime.now(UTC) - settings.profile_window
-            rebuilt = await profile_store.rebuild(conn, since, ZoneInfo(settings.timezone))
-            if rebuilt is None:
-                raise FleetPulseError("another process is rebuilding the profiles right now")
-            print(json.dumps(dataclasses.asdict(rebuilt), default=str))
+        since = datetime.now(UTC) - settings.profile_window
+        if args.action in ("rebuild", "refresh"):
+            update = profile_store.rebuild if args.action == "rebuild" else profile_store.refresh
+            done = await update(conn, since)
+            if done is None:
+                raise FleetPulseError(
+                    "another process is rebuilding or refreshing the profiles right now"
+                )
+            print(json.dumps(dataclasses.asdict(done), default=str))
             return
         built = await profile_store.built_at(conn)
-        profile, _ = await profile_store.load(conn)
+        counted_to = await profile_store.watermark(conn)
+        _, source = await profile_store.source(conn)
+        profile, _ = await profile_store.load(conn, ZoneInfo(settings.timezone), since)
     finally:
         await conn.close()
     print(f"built at: {built.isoformat() if built else 'never (run fleetpulse profiles rebuild)'}")
+    print(f"telemetry counted up to arrival time: {counted_to.isoformat() if counted_to else '-'}")
+    print(f"loaded from: {source}")
     print(f"segment speeds: {profile.samples}, mean {profile.mean_speed_mps:.1f} m/s")
 
 

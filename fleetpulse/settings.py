@@ -481,7 +481,12 @@ OPTIONS: tuple[Option, ...] = (
         "the fleet's IANA time zone: delivery windows, speed profiles and reports",
     ),
     Option("profile_window", "28d", _positive_duration, "telemetry the speed profiles learn from"),
-    Option("profile_refresh", "1h", _optional_duration, "how often profiles are rebuilt; 0 never"),
+    Option(
+        "profile_refresh",
+        "1h",
+        _optional_duration,
+        "how often profiles are refreshed (rebuilt once a day); 0 never",
+    ),
     Option(
         "osm_pbf",
         "",

@@ -406,6 +406,58 @@ async def _v7_mqtt_accounts(conn: Conn, mode: StorageMode) -> None:
     await conn.execute(_V7_MQTT_ACCOUNTS)
 
 
+# Speed profiles are grouped per quarter hour of fix time (see tracker.speed_profiles).
+SPEED_PROFILE_AGGREGATE = "speed_profile_buckets"
+
+_V8_SPEED_SAMPLES = """
+-- Partial sums of segment speeds per UTC quarter hour of fix time and H3 cell, appended
+-- by every profile refresh (several rows per bucket and cell add up); the hour of week
+-- is taken in the fleet's time zone when the profile is loaded.
+CREATE TABLE speed_samples (
+    bucket    timestamptz      NOT NULL,
+    cell      bigint           NOT NULL,  -- H3 cell, resolution 9, integer form
+    sum_speed double precision NOT NULL,  -- m/s summed over the samples
+    samples   integer          NOT NULL CHECK (samples > 0)
+);
+-- Its rows replace the per hour-of-week table, which could not follow a time zone change
+-- or be appended to.
+DROP TABLE speed_profiles;
+DELETE FROM fleetpulse_meta WHERE key = 'profiles_built_at';
+"""
+
+# One row per bucket and cell however many refreshes wrote to it. Real-time aggregation
+# (materialized_only = false) adds the rows above the materialized range; rows written
+# into already materialized buckets (late fixes) count after the next refresh, which the
+# profile refresh runs itself right after writing and the policy repeats as a backstop.
+# WITH NO DATA: a continuous aggregate created WITH DATA cannot be created inside the
+# migration's transaction.
+_V8_TIMESCALEDB = f"""
+SELECT create_hypertable('speed_samples', 'bucket', chunk_time_interval => INTERVAL '7 days');
+CREATE MATERIALIZED VIEW {SPEED_PROFILE_AGGREGATE}
+WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+SELECT time_bucket(INTERVAL '15 minutes', bucket) AS bucket,
+       cell,
+       sum(sum_speed) AS sum_speed,
+       sum(samples) AS samples
+FROM speed_samples
+GROUP BY time_bucket(INTERVAL '15 minutes', bucket), cell
+WITH NO DATA;
+SELECT add_continuous_aggregate_policy('{SPEED_PROFILE_AGGREGATE}',
+    start_offset => INTERVAL '3 days',
+    end_offset => INTERVAL '15 minutes',
+    schedule_interval => INTERVAL '30 minutes');
+"""
+
+
+async def _v8_speed_samples(conn: Conn, mode: StorageMode) -> None:
+    await conn.execute(_V8_SPEED_SAMPLES)
+    if mode is StorageMode.TIMESCALEDB:
+        await conn.execute(_V8_TIMESCALEDB)
+    else:
+        # The loader reads the profile window; the refresh deletes what fell out of it.
+        await conn.execute("CREATE INDEX speed_samples_bucket_idx ON speed_samples (bucket)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
@@ -414,6 +466,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "API tokens, audit log, alert acknowledgements", _v5_web),
     Migration(6, "webhook subscriptions and their delivery outbox", _v6_webhooks),
     Migration(7, "MQTT accounts of devices and services", _v7_mqtt_accounts),
+    Migration(8, "speed samples per quarter hour and cell", _v8_speed_samples),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -449,7 +502,8 @@ async def timescaledb_available(conn: Conn) -> bool:
     return await cur.fetchone() is not None
 
 
-async def _stored_mode(conn: Conn) -> StorageMode | None:
+async def stored_mode(conn: Conn) -> StorageMode | None:
+    """The mode recorded when the schema was created; None before `migrate`."""
     cur = await conn.execute("SELECT value FROM fleetpulse_meta WHERE key = 'storage_mode'")
     row = await cur.fetchone()
     return StorageMode(str(row[0])) if row else None
@@ -463,7 +517,7 @@ async def status(conn: Conn) -> SchemaStatus:
         cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
         version_row = await cur.fetchone()
         version = int(str(version_row[0])) if version_row else 0
-        mode = await _stored_mode(conn)
+        mode = await stored_mode(conn)
     return SchemaStatus(version, LATEST_VERSION, mode, await timescaledb_available(conn))
 
 
@@ -485,7 +539,7 @@ async def migrate(conn: Conn) -> SchemaStatus:
     try:
         async with conn.transaction():
             await conn.execute(_BOOKKEEPING)
-        mode = await _stored_mode(conn)
+        mode = await stored_mode(conn)
         if mode is None:
             mode = await _choose_mode(conn)
             async with conn.transaction():

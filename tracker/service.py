@@ -476,7 +476,8 @@ class Tracker:
         if self._settings.osm_pbf and self._roads is None:
             self._roads = await asyncio.to_thread(load_roads, self._settings.osm_pbf)
             log.info("road graph loaded from %s", self._settings.osm_pbf)
-        profile, detours = await profile_store.load(conn)
+        since = datetime.now(UTC) - self._settings.profile_window
+        profile, detours = await profile_store.load(conn, self._zone, since)
         router = None if self._roads is None else Router(self._roads, profile, self._zone)
         residuals = self.etas.estimator.residuals
         self.etas.estimator = EtaEstimator(

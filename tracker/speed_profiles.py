@@ -19,7 +19,11 @@ cut the calibrated road ETA's MAE by ~2.5 %.
 
 The profile is additive: rows of (cell, hour_of_week, sum_speed, samples) are exactly
 what a SQL job aggregating segment speeds would store, and merging two profiles adds
-their rows.
+their rows. What is stored is finer (`sample_rows`): partial sums per cell and UTC
+quarter hour (`SAMPLE_BUCKET`) of the segments' first fixes, so that the hour of week is
+taken in the fleet's time zone only when loading: every zone's offset from UTC is a
+multiple of 15 minutes, so a quarter hour lies in one local hour in every zone, and a
+change of time zone applies to the whole history at once.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import h3.api.basic_int as h3
 import msgspec
@@ -55,6 +59,9 @@ DEFAULT_SPEED_MPS = 8.0  # ~29 km/h, urban delivery; only for an empty profile
 # of week's factor (below): an hour with a few dozen samples moves it only a little.
 HOUR_FACTOR_SAMPLES = 100.0
 PROFILE_DATA_VERSION = 1
+# Stored partial sums are per quarter hour: see the module docstring.
+SAMPLE_BUCKET = timedelta(minutes=15)
+_BUCKET_MINUTES = 15
 
 
 class Level(enum.StrEnum):
@@ -121,6 +128,15 @@ class ProfileRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
     samples: int
 
 
+class SampleRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What is stored: segment speeds of one cell in one quarter hour, summed."""
+
+    bucket: datetime  # start of the UTC quarter hour of the segments' first fixes
+    cell: int  # H3 cell at PROFILE_RES (integer form)
+    sum_speed: float  # m/s, summed over the samples
+    samples: int
+
+
 class ProfileData(msgspec.Struct, frozen=True):
     """Serialisable form of a profile (msgpack or JSON via msgspec)."""
 
@@ -173,6 +189,20 @@ def cells_between(start: int, end: int) -> list[int]:
         return [start, end]
 
 
+def _segment_speeds(
+    fixes: Iterable[Fix], rules: SegmentRules, stats: SegmentStats
+) -> Iterator[tuple[datetime, list[int], float]]:
+    """(first fix's time, cells passed, speed) of every real segment."""
+    for run in runs(fixes, rules, stats):
+        cell = h3.latlng_to_cell(run[0].lat, run[0].lon, PROFILE_RES)
+        for prev, fix in itertools.pairwise(run):
+            next_cell = h3.latlng_to_cell(fix.lat, fix.lon, PROFILE_RES)
+            dt = (fix.ts - prev.ts).total_seconds()
+            speed = haversine_m(prev.lat, prev.lon, fix.lat, fix.lon) / dt
+            yield prev.ts, cells_between(cell, next_cell), speed
+            cell = next_cell
+
+
 def profile_rows(
     fixes: Iterable[Fix], zone: tzinfo, rules: SegmentRules | None = None
 ) -> tuple[list[ProfileRow], SegmentStats]:
@@ -181,19 +211,40 @@ def profile_rows(
     stats = SegmentStats()
     sums: dict[tuple[int, int], float] = defaultdict(float)
     counts: dict[tuple[int, int], int] = defaultdict(int)
-    for run in runs(fixes, rules or SegmentRules(), stats):
-        cell = h3.latlng_to_cell(run[0].lat, run[0].lon, PROFILE_RES)
-        for prev, fix in itertools.pairwise(run):
-            next_cell = h3.latlng_to_cell(fix.lat, fix.lon, PROFILE_RES)
-            dt = (fix.ts - prev.ts).total_seconds()
-            speed = haversine_m(prev.lat, prev.lon, fix.lat, fix.lon) / dt
-            hour = hour_of_week(prev.ts, zone)
-            for passed in cells_between(cell, next_cell):
-                sums[passed, hour] += speed
-                counts[passed, hour] += 1
-            cell = next_cell
+    for ts, cells, speed in _segment_speeds(fixes, rules or SegmentRules(), stats):
+        hour = hour_of_week(ts, zone)
+        for passed in cells:
+            sums[passed, hour] += speed
+            counts[passed, hour] += 1
     rows = [ProfileRow(c, h, sums[c, h], n) for (c, h), n in counts.items()]
     rows.sort(key=lambda r: (r.cell, r.hour_of_week))
+    return rows, stats
+
+
+def bucket_start(ts: datetime) -> datetime:
+    """The start, in UTC, of the quarter hour (`SAMPLE_BUCKET`) that holds `ts`."""
+    if ts.tzinfo is None:
+        raise ValueError("fix times must be timezone-aware")
+    utc = ts.astimezone(UTC)
+    return utc.replace(minute=utc.minute - utc.minute % _BUCKET_MINUTES, second=0, microsecond=0)
+
+
+def sample_rows(
+    fixes: Iterable[Fix], rules: SegmentRules | None = None
+) -> tuple[list[SampleRow], SegmentStats]:
+    """The stored form of these fixes' segment speeds: partial sums per quarter hour of
+    the segment's first fix and cell passed; and what was excluded. Grouped by cell and
+    the buckets' hours of week they give exactly `profile_rows`."""
+    stats = SegmentStats()
+    sums: dict[tuple[datetime, int], float] = defaultdict(float)
+    counts: dict[tuple[datetime, int], int] = defaultdict(int)
+    for ts, cells, speed in _segment_speeds(fixes, rules or SegmentRules(), stats):
+        bucket = bucket_start(ts)
+        for passed in cells:
+            sums[bucket, passed] += speed
+            counts[bucket, passed] += 1
+    rows = [SampleRow(b, c, sums[b, c], n) for (b, c), n in counts.items()]
+    rows.sort(key=lambda r: (r.bucket, r.cell))
     return rows, stats
 
 

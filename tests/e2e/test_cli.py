@@ -23,6 +23,7 @@ COMMANDS = [
     ["devices", "set-groups"],
     ["deliveries", "create"],
     ["profiles", "rebuild"],
+    ["profiles", "refresh"],
     ["eta", "report"],
     ["deliveries", "update"],
 ]

@@ -17,8 +17,10 @@ from tracker.speed_profiles import (
     Level,
     ProfileRow,
     SpeedProfile,
+    bucket_start,
     hour_of_week,
     profile_rows,
+    sample_rows,
 )
 
 LISBON = ZoneInfo("Europe/Lisbon")
@@ -233,3 +235,44 @@ def test_rows_at_another_resolution_are_refused() -> None:
     coarse = h3.latlng_to_cell(LAT, LON, 8)
     with pytest.raises(ValueError, match="resolution 9"):
         SpeedProfile([ProfileRow(coarse, 4, 10.0, 1)])
+
+
+# Offsets of +5:30, +5:45 and Lord Howe's half-hour summer time.
+ODD_ZONES = [ZoneInfo(z) for z in ("Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe")]
+
+
+def test_a_quarter_hour_bucket_lies_in_one_local_hour_in_every_zone() -> None:
+    start = datetime(2024, 4, 6, 0, 7, 31, tzinfo=UTC)  # Lord Howe leaves summer time
+    for zone in [UTC, LISBON, *ODD_ZONES]:
+        for minutes in range(0, 3 * 24 * 60, 7):
+            ts = start + timedelta(minutes=minutes)
+            bucket = bucket_start(ts)
+            assert bucket <= ts < bucket + timedelta(minutes=15)
+            assert hour_of_week(bucket, zone) == hour_of_week(ts, zone), (zone, ts)
+
+
+def test_bucket_start_is_in_utc_and_needs_an_aware_time() -> None:
+    lisbon_time = datetime(2013, 7, 1, 4, 44, 59, 999, tzinfo=LISBON)
+    assert bucket_start(lisbon_time) == datetime(2013, 7, 1, 3, 30, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        bucket_start(datetime(2013, 7, 1, 3, 0))
+
+
+def test_sample_rows_grouped_by_local_hour_are_the_profile_rows() -> None:
+    """What is stored, grouped as the loader groups it, is what a profile is built from."""
+    fixes = drive("a", 6.0, 300, dt=10.0) + drive("b", 4.0, 200, dt=12.0, start_m=500.0)
+    for zone in [UTC, LISBON, *ODD_ZONES]:
+        samples, sample_stats = sample_rows(fixes)
+        grouped: dict[tuple[int, int], list[float]] = {}
+        for row in samples:
+            acc = grouped.setdefault((row.cell, hour_of_week(row.bucket, zone)), [0.0, 0])
+            acc[0] += row.sum_speed
+            acc[1] += row.samples
+        expected, stats = profile_rows(fixes, zone)
+        assert sample_stats == stats
+        assert sorted((c, h, n) for (c, h), (_, n) in grouped.items()) == [
+            (r.cell, r.hour_of_week, r.samples) for r in expected
+        ]
+        for r in expected:
+            assert grouped[r.cell, r.hour_of_week][0] == pytest.approx(r.sum_speed)
+    assert len({r.bucket for r in samples}) == 4, "the drives span four quarter hours"
