@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,13 +24,20 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket as PahoMalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from mqtt import packets
+
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
-MAX_PACKETS_PER_READ = 256
+# One receive takes up to this much (some 500 fixes); more waits for the next turn of the
+# event loop, so reading cannot starve the rest.
+RECEIVE_BYTES = 64 * 1024
+MAX_RECEIVES_PER_READ = 8  # only while TLS holds decoded bytes select() cannot see
 # Reading pauses when this many Receive Maximum windows wait unconsumed in memory.
 QUEUE_HIGH_WATER_WINDOWS = 2
 
@@ -82,26 +90,14 @@ class _PausableClient(aiomqtt.Client):
         self._reader: Callable[[], None] | None = None
         # paho's messages as they come; aiomqtt's own queue and per-message wrapper cost
         # more than the rest of the pipeline (a task and a wait for every message).
-        self.incoming: collections.deque[paho.MQTTMessage] = collections.deque()
+        self.incoming: collections.deque[packets.Received] = collections.deque()
         self.arrived = asyncio.Event()
+        self._buffer = bytearray()  # bytes received, not yet a whole packet or not yet handled
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         def read() -> None:
-            # paho's loop_read() takes one packet per call; each readable event takes all
-            # that is there (up to a bound, for fairness), which saves an event-loop turn
-            # per message.
             try:
-                for _ in range(MAX_PACKETS_PER_READ):
-                    rc = client._packet_read()
-                    if rc == paho.MQTT_ERR_AGAIN:
-                        if getattr(client.socket(), "pending", lambda: 0)() > 0:
-                            continue  # TLS holds decoded bytes that select() won't report
-                        break
-                    if rc != paho.MQTT_ERR_SUCCESS:
-                        client._loop_rc_handle(rc)
-                        break
-                    if self.paused or client.socket() is None:
-                        break
+                self._read(client)
             except Exception as exc:  # a broken connection, reported to the iterator
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
@@ -109,6 +105,7 @@ class _PausableClient(aiomqtt.Client):
 
         def install() -> None:
             self._fd, self._reader = sock.fileno(), read
+            self._buffer.clear()
             self.paused = False
             self._loop.add_reader(self._fd, read)
             self._misc_task = self._loop.create_task(self._misc_loop())
@@ -116,7 +113,80 @@ class _PausableClient(aiomqtt.Client):
         # paho calls this from the executor thread that runs connect().
         self._loop.call_soon_threadsafe(install)
 
+    def _read(self, client: paho.Client) -> None:
+        """Take what the socket has (one receive, more while TLS holds decoded bytes),
+        then handle every complete packet in order until reading pauses."""
+        for _ in range(MAX_RECEIVES_PER_READ):
+            try:
+                data = client._sock_recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                client._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
+                return
+            if not data:  # the broker closed the connection
+                client._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
+                return
+            self._buffer += data
+            with client._msgtime_mutex:  # what paho's keepalive check reads
+                client._last_bytes_received = time.monotonic()
+            if getattr(client.socket(), "pending", lambda: 0)() == 0:
+                break
+        done = 0
+        try:
+            for first_byte, body, end in packets.cut(self._buffer):
+                done = end
+                if first_byte & 0xF0 == packets.PUBLISH and first_byte & 0x06 != 0x04:
+                    self._received(packets.decode_publish(first_byte, body))
+                else:
+                    rc = self._paho_handles(client, first_byte, body)
+                    if rc != paho.MQTT_ERR_SUCCESS:
+                        client._loop_rc_handle(rc)
+                        return
+                if self.paused or client.socket() is None:
+                    break
+        except packets.MalformedPacket:
+            client._loop_rc_handle(paho.MQTT_ERR_PROTOCOL)
+            raise
+        finally:
+            del self._buffer[:done]
+
+    @staticmethod
+    def _paho_handles(client: paho.Client, first_byte: int, body: bytes) -> MQTTErrorCode:
+        """Any packet but a QoS 0/1 PUBLISH: paho keeps the protocol's state."""
+        client._in_packet = {
+            "command": first_byte,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": len(body),
+            "packet": bytearray(body),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            return client._packet_handle()
+        except PahoMalformedPacket:
+            return paho.MQTT_ERR_PROTOCOL
+        finally:
+            client._in_packet = {
+                "command": 0,
+                "have_remaining": 0,
+                "remaining_count": [],
+                "remaining_mult": 1,
+                "remaining_length": 0,
+                "packet": bytearray(),
+                "to_process": 0,
+                "pos": 0,
+            }
+
     def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Only a QoS 2 PUBLISH reaches here (through paho): the subscriptions ask for 1.
+        self._received(
+            packets.Received(message.topic, bytes(message.payload), message.mid, message.qos)
+        )
+
+    def _received(self, message: packets.Received) -> None:
         self.incoming.append(message)
         if self.may_pause and not self.paused and len(self.incoming) >= self.high_water:
             self.paused = True
@@ -143,12 +213,14 @@ class _PausableClient(aiomqtt.Client):
             # Paused past the keepalive, paho may have closed the socket meanwhile.
             if not self._disconnected.done() and self._client.socket() is not None:
                 self._loop.add_reader(self._fd, self._reader)
+                if self._buffer:  # packets read before the pause, waiting for no socket event
+                    self._loop.call_soon(self._reader)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         self._reader, self.paused = None, False
         super()._on_socket_close(client, userdata, sock)
 
-    async def next_batch(self) -> collections.deque[paho.MQTTMessage]:
+    async def next_batch(self) -> collections.deque[packets.Received]:
         """Wait until messages are there (or the connection is gone: MqttError)."""
         while not self.incoming:
             if self._disconnected.done():
@@ -167,9 +239,9 @@ class Delivery:
 
     __slots__ = ("_connection", "mid", "payload", "qos", "topic")
 
-    def __init__(self, message: paho.MQTTMessage, connection: Subscription) -> None:
+    def __init__(self, message: packets.Received, connection: Subscription) -> None:
         self.topic = message.topic
-        self.payload = bytes(message.payload)  # paho gives bytes; the type admits bytearray
+        self.payload = message.payload
         self.mid = message.mid
         self.qos = message.qos
         self._connection = connection
