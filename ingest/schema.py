@@ -458,6 +458,14 @@ async def _v8_speed_samples(conn: Conn, mode: StorageMode) -> None:
         await conn.execute("CREATE INDEX speed_samples_bucket_idx ON speed_samples (bucket)")
 
 
+async def _v9_uncompressed_checkpoints(conn: Conn, mode: StorageMode) -> None:
+    # A tracker rewrites every partition's state every few seconds (~44 MB for 100,000
+    # devices). PostgreSQL compressing it each time cost ~5 times the write itself
+    # (measured: 17.8 against 3.7 ms per 0.8 MB), a fifth of a core at that size, to
+    # save space in a table of one row per partition.
+    await conn.execute("ALTER TABLE tracker_checkpoints ALTER COLUMN state SET STORAGE EXTERNAL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial telemetry schema", _v1_initial),
     Migration(2, "fences, events and tracker checkpoints", _v2_tracker),
@@ -467,6 +475,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "webhook subscriptions and their delivery outbox", _v6_webhooks),
     Migration(7, "MQTT accounts of devices and services", _v7_mqtt_accounts),
     Migration(8, "speed samples per quarter hour and cell", _v8_speed_samples),
+    Migration(9, "tracker checkpoints stored uncompressed", _v9_uncompressed_checkpoints),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
