@@ -47,23 +47,26 @@ class DeliveryTracking:
     eta_source: EtaSource | None = None
     throttle: EtaThrottle = field(default_factory=EtaThrottle)
     by_vehicle: dict[str, dict[str, Delivery]] = field(default_factory=dict)
+    # Which vehicle holds each delivery: the tracker reloads every delivery changed in
+    # the last seconds into every partition, each second; a search through all vehicles
+    # per delivery took 30-50 ms of its loop with 1,000 deliveries.
+    vehicle_of: dict[str, str] = field(default_factory=dict)
 
     def load(self, deliveries: Iterable[Delivery]) -> set[str]:
         """Take the stored rows; returns the vehicles whose deliveries changed."""
         touched: set[str] = set()
         for fresh in deliveries:
-            for vehicle in list(self.by_vehicle):
-                held = self.by_vehicle[vehicle].get(fresh.id)
-                if held is not None and vehicle != fresh.vehicle_id:
-                    del self.by_vehicle[vehicle][fresh.id]  # reassigned away
+            if self.vehicle_of.get(fresh.id, fresh.vehicle_id) != fresh.vehicle_id:
+                self._forget(fresh.id)  # reassigned away
             own = self.by_vehicle.setdefault(fresh.vehicle_id, {})
             held = own.get(fresh.id)
             if not fresh.active:
-                if own.pop(fresh.id, None) is not None:
+                if self._forget(fresh.id):
                     touched.add(fresh.vehicle_id)
                 self.throttle.forget(fresh.id)
             elif held is None or _differs(held, fresh):
                 own[fresh.id] = fresh
+                self.vehicle_of[fresh.id] = fresh.vehicle_id
                 touched.add(fresh.vehicle_id)
                 self.throttle.forget(fresh.id)  # its next ETA is news
         return touched
@@ -71,8 +74,17 @@ class DeliveryTracking:
     def drop(self, delivery_ids: Iterable[str]) -> None:
         """Forget deliveries now served by vehicles another partition owns."""
         for delivery_id in delivery_ids:
-            for own in self.by_vehicle.values():
-                own.pop(delivery_id, None)
+            self._forget(delivery_id)
+
+    def _forget(self, delivery_id: str) -> bool:
+        vehicle = self.vehicle_of.pop(delivery_id, None)
+        if vehicle is None:
+            return False
+        own = self.by_vehicle.get(vehicle, {})
+        own.pop(delivery_id, None)
+        if not own:
+            self.by_vehicle.pop(vehicle, None)
+        return True
 
     def on_fix(self, fix: Fix) -> tuple[list[Event], list[StateChange], list[EtaUpdate]]:
         own = self.by_vehicle.get(fix.device_id)
