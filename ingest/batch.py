@@ -7,6 +7,7 @@ batches are settled by the database (see `writer`).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Protocol
@@ -36,12 +37,15 @@ class Batch:
         self.reports: list[tuple[DeliveryReport, Received]] = []
         self.counts: Counter[str] = Counter()
         self.deliveries: list[Received] = []
+        self.opened_at: float | None = None  # time.monotonic() of the first message
 
     def __len__(self) -> int:
         """Messages held: what bounds how much is unacknowledged."""
         return len(self.deliveries)
 
     def add(self, delivery: Received, items: list[Decoded]) -> None:
+        if self.opened_at is None:
+            self.opened_at = time.monotonic()
         self.deliveries.append(delivery)
         for item in items:
             if isinstance(item, Fix):

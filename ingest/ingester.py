@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -175,8 +176,13 @@ class Ingester:
         interval = self._settings.flush_interval.total_seconds()
         while True:
             if not self._draining:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), interval)
+                # The interval counts from the batch's first message, not from the end
+                # of the last commit: what arrived during a slow commit goes next.
+                opened = self._batch.opened_at
+                wait = interval if opened is None else opened + interval - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), wait)
                 self._full.clear()
             if len(self._batch):
                 batch, self._batch = self._batch, Batch()

@@ -126,8 +126,10 @@ class RedisLive:
                 for device in latest.values():
                     geo.extend((device.lon, device.lat, device.device_id))
                 pipe.geoadd(LIVE_GEO_KEY, geo)
-                pipe.mset({DEVICE_KEY_PREFIX + k: _json.encode(d) for k, d in latest.items()})
-                pipe.publish(POSITIONS_CHANNEL, _json.encode(list(latest.values())))
+                encoded = {k: _json.encode(d) for k, d in latest.items()}
+                pipe.mset({DEVICE_KEY_PREFIX + k: e for k, e in encoded.items()})
+                # The JSON array of those same objects, without encoding them twice.
+                pipe.publish(POSITIONS_CHANNEL, b"[" + b",".join(encoded.values()) + b"]")
             for event in events:
                 await self._publish_once(
                     keys=[PUBLISHED_KEY_PREFIX + event.id],
