@@ -27,8 +27,9 @@ DEFAULT_DEVICES = 100_000
 DEFAULT_FENCES = 10_000
 DEFAULT_DELIVERIES = 1000
 DEFAULT_STOPS_PER_VAN = 2
-# One ingester levels off near 9,000 fixes/s (bench.ingest): the 10,000 target needs two.
-DEFAULT_INGESTERS = 2
+# One ingester carries 20,000 fixes/s at two thirds of a core (bench.ingest); a second
+# would only add a process's overhead on these 2 cores.
+DEFAULT_INGESTERS = 1
 DEFAULT_DISPATCH = 3  # each receives the whole stream
 DEFAULT_CUSTOMERS = 200
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
