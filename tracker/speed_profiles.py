@@ -31,15 +31,18 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TypeVar
 
 import h3.api.basic_int as h3
 import msgspec
 
 from tracker.live import haversine_m
 from tracker.positions import Fix
+
+_When = TypeVar("_When", bound=Hashable)
 
 PROFILE_RES = 9  # ~0.1 km2 cells: a few blocks of a city
 PARENT_RES = (8, 7, 6)  # fallbacks, finest first (~0.7, 5, 36 km2)
@@ -208,15 +211,8 @@ def profile_rows(
 ) -> tuple[list[ProfileRow], SegmentStats]:
     """The profile rows of these fixes, and what was excluded. A segment counts at the
     hour of week (in `zone`) of its first fix."""
-    stats = SegmentStats()
-    sums: dict[tuple[int, int], float] = defaultdict(float)
-    counts: dict[tuple[int, int], int] = defaultdict(int)
-    for ts, cells, speed in _segment_speeds(fixes, rules or SegmentRules(), stats):
-        hour = hour_of_week(ts, zone)
-        for passed in cells:
-            sums[passed, hour] += speed
-            counts[passed, hour] += 1
-    rows = [ProfileRow(c, h, sums[c, h], n) for (c, h), n in counts.items()]
+    summed, stats = _summed(fixes, rules, lambda ts: hour_of_week(ts, zone))
+    rows = [ProfileRow(c, h, total, n) for (h, c), (total, n) in summed.items()]
     rows.sort(key=lambda r: (r.cell, r.hour_of_week))
     return rows, stats
 
@@ -235,17 +231,26 @@ def sample_rows(
     """The stored form of these fixes' segment speeds: partial sums per quarter hour of
     the segment's first fix and cell passed; and what was excluded. Grouped by cell and
     the buckets' hours of week they give exactly `profile_rows`."""
-    stats = SegmentStats()
-    sums: dict[tuple[datetime, int], float] = defaultdict(float)
-    counts: dict[tuple[datetime, int], int] = defaultdict(int)
-    for ts, cells, speed in _segment_speeds(fixes, rules or SegmentRules(), stats):
-        bucket = bucket_start(ts)
-        for passed in cells:
-            sums[bucket, passed] += speed
-            counts[bucket, passed] += 1
-    rows = [SampleRow(b, c, sums[b, c], n) for (b, c), n in counts.items()]
+    summed, stats = _summed(fixes, rules, bucket_start)
+    rows = [SampleRow(b, c, total, n) for (b, c), (total, n) in summed.items()]
     rows.sort(key=lambda r: (r.bucket, r.cell))
     return rows, stats
+
+
+def _summed(
+    fixes: Iterable[Fix], rules: SegmentRules | None, when: Callable[[datetime], _When]
+) -> tuple[dict[tuple[_When, int], tuple[float, int]], SegmentStats]:
+    """Segment speeds summed and counted per (`when` of the segment's first fix, cell
+    passed)."""
+    stats = SegmentStats()
+    sums: dict[tuple[_When, int], float] = defaultdict(float)
+    counts: dict[tuple[_When, int], int] = defaultdict(int)
+    for ts, cells, speed in _segment_speeds(fixes, rules or SegmentRules(), stats):
+        at = when(ts)
+        for passed in cells:
+            sums[at, passed] += speed
+            counts[at, passed] += 1
+    return {key: (sums[key], n) for key, n in counts.items()}, stats
 
 
 class SpeedProfile:
