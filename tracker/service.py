@@ -5,8 +5,7 @@ keep live state and geofence state, store and publish events, checkpoint.
                                 └─▶ GeofenceEngine (reorder window) ──▶ events
     events ──▶ PostgreSQL (once each: deterministic ids) ──▶ Redis pub/sub
     every few seconds: checkpoint (stream position, arrival watermark, engines) in PostgreSQL
-    (the partitions' silence checks and checkpoints take turns: tracker/rotation.py; the
-    checkpoints are written on a connection of their own: tracker/checkpoint_writer.py)
+    (the partitions' silence checks and checkpoints take turns: tracker/rotation.py)
 
 PostgreSQL is the record. If Redis lost its data (its epoch changed) or trimmed entries
 this tracker had not read, the tracker re-reads the fixes that arrived after its
@@ -19,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -33,7 +33,6 @@ from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.settings import Settings
 from tracker import delivery_store, profile_store, store
 from tracker import live as live_state
-from tracker.checkpoint_writer import CheckpointWriter
 from tracker.deliveries import Delivery, DeliveryMachine
 from tracker.delivery_tracking import DeliveryTracking, EtaUpdate, StateChange
 from tracker.eta import DetourModel, EtaEstimator
@@ -227,12 +226,8 @@ class Tracker:
     async def _run_once(self, stop: asyncio.Event) -> None:
         client = redis.Redis.from_url(self._settings.redis_url)
         conn: Conn | None = None
-        writer_conn: Conn | None = None
-        writer: CheckpointWriter | None = None
         try:
             conn = await connect(self._settings.database_url)
-            writer_conn = await connect(self._settings.database_url)
-            writer = CheckpointWriter(writer_conn)
             live = RedisLive(client)
             await self._reload_fences(conn)
             await self._start(conn, client, live)
@@ -248,26 +243,17 @@ class Tracker:
                 self._settings.tracker_count,
                 self.owned,
             )
-            await self._loop(stop, conn, client, live, writer)
+            await self._loop(stop, conn, client, live)
             # Only a clean stop checkpoints here: after a failure, what was processed since
             # the last checkpoint may not all be stored and published, so it is done again.
-            await writer.drain()
             await self._checkpoint(conn)
         finally:
-            if writer is not None:
-                await writer.close()
-            for connection in (writer_conn, conn):
-                if connection is not None:
-                    await connection.close()
+            if conn is not None:
+                await conn.close()
             await client.aclose()
 
     async def _loop(
-        self,
-        stop: asyncio.Event,
-        conn: Conn,
-        client: redis.Redis,
-        live: RedisLive,
-        writer: CheckpointWriter,
+        self, stop: asyncio.Event, conn: Conn, client: redis.Redis, live: RedisLive
     ) -> None:
         loop = asyncio.get_running_loop()
         next_redis_check = next_fence_poll = next_delivery_poll = loop.time()
@@ -308,7 +294,7 @@ class Tracker:
             if now >= next_redis_check:
                 await self._check_redis(conn, client, live)
                 next_redis_check = now + CHECKPOINT_INTERVAL_S
-            await writer.submit([self._checkpoint_of(p) for p in checkpoints.due(now)])
+            await self._checkpoint(conn, checkpoints.due(now))
 
     async def _check_redis(self, conn: Conn, client: redis.Redis, live: RedisLive) -> None:
         epoch = await live.epoch()
@@ -347,20 +333,23 @@ class Tracker:
             self.counts["eta_updates"] += len(etas)
         await live.write(changed, events, etas)
 
-    async def _checkpoint(self, conn: Conn) -> None:
-        """Save every partition in one transaction, before going on."""
+    async def _checkpoint(self, conn: Conn, partitions: Sequence[Partition] | None = None) -> None:
+        """Save `partitions` (default all) in one transaction."""
+        partitions = list(self.partitions.values()) if partitions is None else partitions
+        if not partitions:
+            return
         async with conn.transaction():
-            for partition in self.partitions.values():
-                await store.save_checkpoint(conn, self._checkpoint_of(partition))
-
-    def _checkpoint_of(self, partition: Partition) -> store.Checkpoint:
-        return store.Checkpoint(
-            partition.number,
-            partition.stream_id,
-            partition.watermark,
-            self._epoch,
-            partition.saved_state(),
-        )
+            for partition in partitions:
+                await store.save_checkpoint(
+                    conn,
+                    store.Checkpoint(
+                        partition.number,
+                        partition.stream_id,
+                        partition.watermark,
+                        self._epoch,
+                        partition.saved_state(),
+                    ),
+                )
 
     # --- recovery -------------------------------------------------------------------
 
