@@ -12,6 +12,7 @@ import asyncio
 import json
 import resource
 import time
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from bench.ingest import mqtt5
@@ -28,10 +29,17 @@ READ_CHUNK_BYTES = 256 * 1024
 MAX_IN_FLIGHT = 1000
 
 
+class PacketSource(Protocol):
+    """What a publisher sends: the next PUBLISH packet (`FixSource`, or another
+    benchmark's fleet)."""
+
+    def next_packet(self, packet_id: int, now_ms: int) -> bytes: ...
+
+
 class Publisher:
     def __init__(
         self,
-        source: FixSource,
+        source: PacketSource,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         window: int,
@@ -128,19 +136,26 @@ async def _connect(
     return reader, writer, mqtt5.parse_connack(body)
 
 
-async def main(args: argparse.Namespace) -> dict[str, object]:
-    source = FixSource(args.index, args.publishers, args.devices, seed=args.seed + args.index)
-    client_id = f"bench-pub-{args.seed}-{args.index}"
+async def publish(
+    source: PacketSource,
+    url: str,
+    client_id: str,
+    rate: float,
+    duration: float,
+    start_at: float,
+    index: int,
+) -> dict[str, object]:
+    """Connect, wait for `start_at` (epoch s), offer `rate` for `duration`, wait for the
+    PUBACKs, disconnect; the publisher's report (one JSON line's worth)."""
     reader, writer, receive_maximum = await asyncio.wait_for(
-        _connect(args.url, client_id), CONNECT_TIMEOUT_S
+        _connect(url, client_id), CONNECT_TIMEOUT_S
     )
-    window = min(receive_maximum, MAX_IN_FLIGHT)
-    publisher = Publisher(source, reader, writer, window)
+    publisher = Publisher(source, reader, writer, min(receive_maximum, MAX_IN_FLIGHT))
     acks = asyncio.create_task(publisher.read_acks(), name="publisher-acks")
     try:
-        await asyncio.sleep(max(0.0, args.start_at - time.time()))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu_before = _cpu_s()
-        first, last = await publisher.offer(args.rate, args.duration)
+        first, last = await publisher.offer(rate, duration)
         await asyncio.wait_for(publisher.settle(), ACK_TIMEOUT_S)
         writer.write(mqtt5.disconnect_packet())
         await writer.drain()
@@ -149,7 +164,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         acks.cancel()
         writer.close()
     return {
-        "index": args.index,
+        "index": index,
         "receive_maximum": receive_maximum,
         "sent": publisher.sent,
         "acked": publisher.acked,
@@ -158,6 +173,19 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "last_publish_s": last,
         "cpu_s": cpu_used,
     }
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    source = FixSource(args.index, args.publishers, args.devices, seed=args.seed + args.index)
+    return await publish(
+        source,
+        args.url,
+        f"bench-pub-{args.seed}-{args.index}",
+        args.rate,
+        args.duration,
+        args.start_at,
+        args.index,
+    )
 
 
 def _cpu_s() -> float:

@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
-from typing import cast
 
 from bench.ingest import mqtt5
-from bench.ingest.fixes import FixSource
-from bench.ingest.publisher import ACK_TIMEOUT_S, CONNECT_TIMEOUT_S, MAX_IN_FLIGHT, Publisher
-from bench.ingest.publisher import _connect as connect_mqtt
+from bench.ingest.publisher import publish
 from bench.ws.fleet import Van, fleet
 
 
@@ -55,32 +51,15 @@ class VanFixes:
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     vans = fleet(args.vans, args.seed)[args.index :: args.publishers]
-    source = VanFixes(vans, args.epoch)
-    reader, writer, receive_maximum = await asyncio.wait_for(
-        connect_mqtt(args.url, f"wsbench-pub-{args.seed}-{args.index}"), CONNECT_TIMEOUT_S
+    return await publish(
+        VanFixes(vans, args.epoch),
+        args.url,
+        f"wsbench-pub-{args.seed}-{args.index}",
+        args.rate,
+        args.duration,
+        args.start_at,
+        args.index,
     )
-    # The ingest publisher only calls `next_packet` on its source.
-    publisher = Publisher(
-        cast(FixSource, source), reader, writer, min(receive_maximum, MAX_IN_FLIGHT)
-    )
-    acks = asyncio.create_task(publisher.read_acks(), name="publisher-acks")
-    try:
-        await asyncio.sleep(max(0.0, args.start_at - time.time()))
-        first, last = await publisher.offer(args.rate, args.duration)
-        await asyncio.wait_for(publisher.settle(), ACK_TIMEOUT_S)
-        writer.write(mqtt5.disconnect_packet())
-        await writer.drain()
-    finally:
-        acks.cancel()
-        writer.close()
-    return {
-        "index": args.index,
-        "sent": publisher.sent,
-        "acked": publisher.acked,
-        "refused": publisher.refused,
-        "first_publish_s": first,
-        "last_publish_s": last,
-    }
 
 
 def _args() -> argparse.Namespace:
