@@ -52,6 +52,8 @@ async def _report_stats(
         report = ingester.stats.report() if ingester is not None else {}
         if tracker is not None:
             report["tracker"] = tracker.totals()
+            lag_p50, lag_p99 = tracker.handoff_lag.take()
+            report["tracker_lag_p50_ms"], report["tracker_lag_p99_ms"] = lag_p50, lag_p99
         if as_json:
             print(json.dumps(report), flush=True)
             continue
@@ -64,7 +66,12 @@ async def _report_stats(
                 report["commit_latency_p99_ms"],
             )
         if tracker is not None:
-            log.info("tracker: %s", report["tracker"])
+            log.info(
+                "tracker: hand-off → published p50 %s ms p99 %s ms; %s",
+                report["tracker_lag_p50_ms"],
+                report["tracker_lag_p99_ms"],
+                report["tracker"],
+            )
 
 
 def _stats_snapshots(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import redis.asyncio as redis
 
 from fleetpulse.database import Conn, connect
 from fleetpulse.errors import ServiceUnavailable
+from fleetpulse.latencies import LatencySamples
 from fleetpulse.settings import Settings
 from tracker import delivery_store, profile_store, store
 from tracker import live as live_state
@@ -187,6 +189,9 @@ class Tracker:
             ),
         )
         self.counts: Counter[str] = Counter()
+        # Hand-off entry written (its stream id's time, Redis's clock) → its fixes' live
+        # state published: the tracker's share of the end-to-end latency of positions.
+        self.handoff_lag = LatencySamples()
         self.ready = asyncio.Event()
         self._epoch = ""
 
@@ -270,6 +275,7 @@ class Tracker:
                 ),
             )
             events: list[Event] = []
+            written_ms: list[int] = []
             # A full read means a backlog: silence is then judged only once it is read,
             # or devices whose newer fixes wait in it would look offline.
             behind = any(len(items) >= READ_COUNT for _, items in entries or [])
@@ -278,6 +284,7 @@ class Tracker:
                 for entry_id, fields in items:
                     events.extend(partition.apply(decode(fields[b"h"]), self._groups))
                     partition.stream_id = entry_id.decode()
+                    written_ms.append(_stream_id_key(partition.stream_id)[0])
                     self.counts["entries"] += 1
             now = loop.time()
             if not behind:
@@ -285,6 +292,9 @@ class Tracker:
                 for partition in ticks.due(now):
                     events.extend(partition.tick(wall))
             await self._emit(conn, live, events)
+            published_ms = time.time() * 1000.0
+            for written in written_ms:
+                self.handoff_lag.record(published_ms - written)
             if now >= next_fence_poll:
                 await self._reload_fences(conn)
                 next_fence_poll = now + FENCE_POLL_INTERVAL_S

@@ -40,6 +40,7 @@ class Step:
     handed_on_per_s: float | None  # hand-off entries added to the tracker's streams
     tracked_per_s: float | None  # ... and read by the tracker (same unit)
     tracker_lag_entries: int  # at the window's end
+    tracker_p99_ms: float | None  # hand-off entry → published, the worst tracker's
     events_per_s: float | None  # made by the tracker
     streams: list[Stream]
     event_classes: list[Stream]  # the events again: geofence ones, and the others
@@ -151,6 +152,7 @@ def table(run: Run) -> str:
         f"{'target/s':>9} {'offered/s':>9} {'stored/s':>9} {'tracked':>7} {'events/s':>8}"
         f" {'ws deliv/s':>10} {'pos p50':>7} {'pos p99':>7} {'fence p50':>9} {'fence p99':>9}"
         f" {'other p50':>9} {'other p99':>9} {'cust p50':>8} {'cust p99':>8} {'commit p99':>10}"
+        f" {'tracker p99':>11}"
         f" {'drain s':>7}  kept up"
     )
     for s in run.steps:
@@ -166,14 +168,15 @@ def table(run: Run) -> str:
             f" {tracked:>7} {_n(s.events_per_s):>8} {s.ws_deliveries_per_s():>10,.0f}"
             f" {pos[0]:>7} {pos[1]:>7} {fence[0]:>9} {fence[1]:>9} {other[0]:>9} {other[1]:>9}"
             f" {eta[0]:>8} {eta[1]:>8}"
-            f" {_n(s.commit_p99_ms):>10} {_n(s.drain_s, 1):>7}"
+            f" {_n(s.commit_p99_ms):>10} {_n(s.tracker_p99_ms):>11} {_n(s.drain_s, 1):>7}"
             f"  {'yes' if s.kept_up else 'no: ' + ', '.join(s.limits)}"
         )
     lines.append(
         "stored: committed to PostgreSQL; tracked: hand-off entries the trackers read over"
         " those written; latencies in ms from publish to websocket receipt: positions,"
         " geofence events (held for the reorder window), other events, customers' ETAs;"
-        " commit p99: the worst ingester's publish → commit; drain: last publish →"
+        " commit p99: the worst ingester's publish → commit; tracker p99: the worst"
+        " tracker's hand-off → published; drain: last publish →"
         " everything stored and tracked"
     )
     lines.append("")

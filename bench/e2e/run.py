@@ -500,6 +500,10 @@ async def run_step(
         handed_on_per_s=round((added_end[1] - added_start[1]) / added_s, 1) if added_s else None,
         tracked_per_s=_sum_rates(tracked),
         tracker_lag_entries=tracker_lag,
+        tracker_p99_ms=max(
+            (p for t in services.trackers if (p := t.tracker_lag_p99(*window)) is not None),
+            default=None,
+        ),
         events_per_s=_sum_rates(events),
         streams=streams,
         event_classes=_event_classes(client_reports, window_s),

@@ -115,6 +115,15 @@ class StageProcess:
         """(time, running total) of one of the tracker's counters."""
         return [(at, int(r.get("tracker", {}).get(counter, 0))) for at, r in self.lines]
 
+    def tracker_lag_p99(self, start: float, end: float) -> float | None:
+        """The worst one-second p99 of hand-off entry → published in [start, end]."""
+        p99s = [
+            float(r["tracker_lag_p99_ms"])
+            for at, r in self.lines
+            if start <= at <= end and r.get("tracker_lag_p99_ms") is not None
+        ]
+        return max(p99s, default=None)
+
     def tracker_total(self, counter: str) -> int:
         if not self.lines:
             return 0

@@ -97,6 +97,10 @@ async def test_fixes_in_events_out_stored_published_and_live(settings: Settings)
         assert abs(state.lat - TRACK[-1]) < 1e-9
         nearby = await live.near(CENTRE[0], CENTRE[1], 1000)
         assert [d.device_id for d in nearby] == ["van-1"]
+        # Each hand-off entry read was timed from its writing to its publication.
+        p50, p99 = tracker.handoff_lag.take()
+        assert p50 is not None and p99 is not None
+        assert 0 <= p50 <= p99 < 5_000
     assert await stored_events(settings.database_url) == [
         ("van-1", "enter", "aliados"),
         ("van-1", "exit", "aliados"),

@@ -134,6 +134,7 @@ def _step(**changes: object) -> Step:
         "handed_on_per_s": 80.0,
         "tracked_per_s": 80.0,
         "tracker_lag_entries": 0,
+        "tracker_p99_ms": 40.0,
         "events_per_s": 100.0,
         "streams": [],
         "event_classes": [],

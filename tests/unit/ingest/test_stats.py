@@ -7,7 +7,7 @@ import random
 import pytest
 
 from ingest import stats as stats_module
-from ingest.stats import MAX_LATENCY_SAMPLES, IngestStats, percentile
+from ingest.stats import IngestStats
 
 
 class Clock:
@@ -30,16 +30,6 @@ def new_stats(clock: Clock) -> IngestStats:
     s = IngestStats()
     s._last_report = clock.now
     return s
-
-
-def test_percentile() -> None:
-    values = [float(v) for v in range(1, 102)]  # 1 .. 101
-    assert percentile(values, 0.0) == 1.0
-    assert percentile(values, 0.5) == 51.0
-    assert percentile(values, 0.99) == 100.0
-    assert percentile(values, 1.0) == 101.0
-    assert percentile([7.0], 0.99) == 7.0
-    assert percentile([], 0.5) is None
 
 
 def test_report_rates_percentiles_and_totals(clock: Clock) -> None:
@@ -94,16 +84,6 @@ def test_report_with_nothing_and_no_time_elapsed(clock: Clock) -> None:
         "commit_latency_p99_ms": None,
         "totals": {},
     }
-
-
-def test_latency_samples_are_bounded(clock: Clock) -> None:
-    s = new_stats(clock)
-    for _ in range(MAX_LATENCY_SAMPLES + 10):
-        s.record_latency(1.0)
-    assert len(s._latencies_ms) == MAX_LATENCY_SAMPLES
-    s.report()
-    s.record_latency(2.0)
-    assert s._latencies_ms == [2.0]
 
 
 def test_latencies_are_rounded_to_a_tenth(clock: Clock) -> None:
