@@ -25,15 +25,15 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 from zoneinfo import ZoneInfo
 
-import msgspec
 import psycopg
 import redis.asyncio as redis
 
+from fleetpulse import gc_tuning
 from fleetpulse.database import Conn, connect
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.latencies import LatencySamples
 from fleetpulse.settings import Settings
-from tracker import delivery_store, profile_store, store
+from tracker import delivery_store, profile_store, saved_state, store
 from tracker import live as live_state
 from tracker.deliveries import Delivery, DeliveryMachine
 from tracker.delivery_tracking import DeliveryTracking, EtaUpdate, StateChange
@@ -67,11 +67,6 @@ START_OF_STREAM = "0-0"
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 NO_GROUPS: frozenset[str] = frozenset()
-
-
-class _Saved(msgspec.Struct):
-    live: bytes
-    geofence: bytes
 
 
 @dataclass
@@ -144,9 +139,7 @@ class Partition:
         return [*events, *self.engine.tick(now)]
 
     def saved_state(self) -> bytes:
-        return msgspec.msgpack.encode(
-            _Saved(live_state.snapshot(self.live.devices), self.engine.snapshot())
-        )
+        return saved_state.encode(live_state.snapshot(self.live.devices), self.engine.snapshot())
 
 
 class Tracker:
@@ -241,6 +234,7 @@ class Tracker:
             # round: one that has none would be seeded from the registry after a restart,
             # and derive its events again from a different starting state.
             await self._checkpoint(conn)
+            gc_tuning.settle()
             self.ready.set()
             log.info(
                 "tracker %d/%d owns partitions %s",
@@ -286,15 +280,18 @@ class Tracker:
                     partition.stream_id = entry_id.decode()
                     written_ms.append(_stream_id_key(partition.stream_id)[0])
                     self.counts["entries"] += 1
+            # Positions need nothing stored before them (events do): they go out first,
+            # not after the silence checks, the events' storage and the checkpoint.
+            await live.write(self._take_changed(), [])
+            published_ms = time.time() * 1000.0
+            for written in written_ms:
+                self.handoff_lag.record(published_ms - written)
             now = loop.time()
             if not behind:
                 wall = datetime.now(UTC)
                 for partition in ticks.due(now):
                     events.extend(partition.tick(wall))
             await self._emit(conn, live, events)
-            published_ms = time.time() * 1000.0
-            for written in written_ms:
-                self.handoff_lag.record(published_ms - written)
             if now >= next_fence_poll:
                 await self._reload_fences(conn)
                 next_fence_poll = now + FENCE_POLL_INTERVAL_S
@@ -322,11 +319,10 @@ class Tracker:
     async def _emit(self, conn: Conn, live: RedisLive, events: list[Event]) -> None:
         """Events are stored before they are published, and both before the checkpoint
         moves past the entries that produced them."""
-        changed = [s for p in self.partitions.values() for s in p.changed.values()]
+        changed = self._take_changed()
         transitions = [c for p in self.partitions.values() for c in p.state_changes]
         etas = [u for p in self.partitions.values() for u in p.eta_updates]
         for partition in self.partitions.values():
-            partition.changed.clear()
             partition.state_changes.clear()
             partition.eta_updates.clear()
         if events:
@@ -342,6 +338,13 @@ class Tracker:
                     )
             self.counts["eta_updates"] += len(etas)
         await live.write(changed, events, etas)
+
+    def _take_changed(self) -> list[LiveDevice]:
+        """The live states changed since the last take, all partitions."""
+        changed = [s for p in self.partitions.values() for s in p.changed.values()]
+        for partition in self.partitions.values():
+            partition.changed.clear()
+        return changed
 
     async def _checkpoint(self, conn: Conn, partitions: Sequence[Partition] | None = None) -> None:
         """Save `partitions` (default all) in one transaction."""
@@ -395,7 +398,7 @@ class Tracker:
                 deliveries,
                 watermark=datetime.now(UTC),
             )
-        saved = msgspec.msgpack.decode(checkpoint.state, type=_Saved)
+        saved = saved_state.decode(checkpoint.state)
         return Partition(
             number,
             LiveTracker(self._live_rules, live_state.restore(saved.live)),

@@ -1,5 +1,6 @@
 """Checkpoints are stored as written: PostgreSQL compressing tens of megabytes every few
-seconds cost it a fifth of a core (migration 9)."""
+seconds cost it a fifth of a core (migration 9); the tracker compresses them itself with
+zstd (tracker/saved_state.py)."""
 
 from __future__ import annotations
 
