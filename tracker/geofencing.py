@@ -503,7 +503,14 @@ class GeofenceEngine:
     ) -> None:
         """cross: outside at both fixes, and the segment between them through the fence."""
         states = device.fences
-        for fence in self.index.near_segment(previous.lat, previous.lon, fix.lat, fix.lon):
+        if previous.lat == fix.lat and previous.lon == fix.lon:
+            # A segment of no length (a parked device, a drone going straight up) passes
+            # only through fences its point is inside in 2D: those are the candidates
+            # already tested, no search needed.
+            fences = [f for i, inside in flat.items() if inside and (f := self.index.get(i))]
+        else:
+            fences = self.index.near_segment(previous.lat, previous.lon, fix.lat, fix.lon)
+        for fence in fences:
             if fence.id in not_outside:
                 continue
             state = states.get(fence.id)

@@ -456,6 +456,28 @@ def test_a_drone_flying_over_a_fence_is_no_cross_unless_through_the_band() -> No
     assert brief(run(engine(BAND), through)) == [("cross", "airspace", 20)]
 
 
+def test_a_drone_climbing_straight_through_the_band_crosses_it() -> None:
+    band = Fence(
+        "corridor",
+        "corridor",
+        Circle(LAT, LON, 500.0),
+        kinds=frozenset({DeviceKind.DRONE}),
+        altitude=AltitudeBand(50.0, 120.0, Datum.TAKEOFF),
+    )
+    climb = [drone(0, 20.0), drone(20, 200.0)]  # below the band, then above, not moving
+    assert brief(run(engine(band), climb)) == [
+        ("altitude_breach", "corridor", 0),
+        ("cross", "corridor", 20),
+    ]
+    hover = [drone(0, 20.0), drone(20, 30.0)]
+    assert brief(run(engine(band), hover)) == [("altitude_breach", "corridor", 0)]
+
+
+def test_a_parked_device_outside_crosses_nothing() -> None:
+    parked = [fix(t, **away(150)) for t in (0, 10, 20)]
+    assert run(engine(CIRCLE), parked) == []
+
+
 # --- who and when a fence applies to ------------------------------------------------------
 
 
