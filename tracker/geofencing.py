@@ -212,14 +212,20 @@ class GeofenceEngine:
         return self._release(fix.device_id, device, device.newest - self._window_us)
 
     def tick(self, now: datetime) -> list[Event]:
-        """Release the fixes of devices silent for the reorder window, and fire the dwell
-        of devices that stayed inside (silently) until the deadline plus the window."""
+        """Release the held fixes a reorder window old at `now`, and fire the dwell of
+        devices that stayed inside (silently) until the deadline plus the window.
+
+        Without this a fix would wait for a fix a window newer: for a device reporting a
+        little more often than the window, one more report interval (bench/e2e at
+        10,000 fixes/s, vans every 4.75 s: geofence events 9.9 s after their fix
+        instead of 5.6 s)."""
         now_us = _micros(now)
+        upto = now_us - self._window_us
         events: list[Event] = []
         for device_id in list(self._holding):
             device = self._devices[device_id]
-            if device.newest is not None and now_us - device.newest >= self._window_us:
-                events.extend(self._release(device_id, device, None))
+            if device.held[0].ts <= upto:
+                events.extend(self._release(device_id, device, upto))
         events.extend(self._fire_timers(now_us))
         return events
 

@@ -199,9 +199,9 @@ def test_tick_dwell_waits_for_held_fixes_before_the_deadline() -> None:
     eng = engine(DWELLING, rules=GeofenceRules(reorder_window_s=5.0))
     events = run(eng, [fix(0), fix(58, **away(500)), fix(59, **away(500))])
     assert brief(events) == [("enter", "depot", 0)]  # 58 and 59 still held
-    assert eng.tick(at(63)) == []
-    # now - newest = 6 s: both released, and the exit at 58 ends the visit.
-    assert brief(eng.tick(at(65))) == [("exit", "depot", 58)]
+    assert eng.tick(at(62)) == []
+    # 58 is a window old: released, its exit ends the visit before the deadline (60).
+    assert brief(eng.tick(at(63))) == [("exit", "depot", 58)]
     assert eng.tick(at(1000)) == []
 
 
@@ -387,9 +387,19 @@ def test_window_releases_by_newest_fix_time_and_by_tick() -> None:
     assert run(eng, [fix(0)]) == []  # held
     assert run(eng, [fix(4)]) == []  # 4 - 0 < 5: still held
     assert brief(run(eng, [fix(5)])) == [("enter", "circle", 0)]  # 5 - 0 >= 5
-    assert eng.tick(at(9)) == []  # 9 - 5 < 5
-    assert eng.tick(at(10)) == []  # both released, inside: no event
+    assert eng.tick(at(8)) == []
+    assert eng.counts["evaluated"] == 1  # 4 and 5 held until the clock is 5 s past them
+    assert eng.tick(at(9)) == []  # 4 released: inside, no event
+    assert eng.counts["evaluated"] == 2
+    assert eng.tick(at(10)) == []
     assert eng.counts["evaluated"] == 3
+
+
+def test_a_device_reporting_more_often_than_the_window_waits_only_the_window() -> None:
+    eng = engine(CIRCLE, rules=GeofenceRules(reorder_window_s=5.0))
+    fixes = [fix(0, **away(500)), fix(4), fix(8)]  # every 4 s, entering at 4
+    assert run(eng, fixes) == []  # 8 - 4 < 5: the fix at 8 does not release the one at 4
+    assert brief(eng.tick(at(9))) == [("enter", "circle", 4)]
 
 
 def test_a_device_flushing_an_hour_of_buffer_gets_its_events_in_order() -> None:
