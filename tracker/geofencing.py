@@ -180,8 +180,9 @@ class GeofenceEngine:
         self.counts: Counter[str] = Counter()
         self._window_us = round(self.rules.reorder_window_s * _US_PER_S)
         self._devices: dict[str, _Device] = {}
-        # Devices holding fixes, in the order they started to (a dict: deterministic).
-        self._holding: dict[str, None] = {}
+        # Devices holding fixes, in the order they started to (a dict: deterministic),
+        # with their first held fix's time: `tick` looks at every one each second.
+        self._holding: dict[str, int] = {}
         # Dwell timers for `tick`: (due, device, fence, visit start); checked when popped.
         self._timers: list[tuple[int, str, str, int]] = []
 
@@ -206,7 +207,7 @@ class GeofenceEngine:
             self.counts[DUPLICATES] += 1
             return []
         held.insert(at, _Held(ts, fix, groups))
-        self._holding[fix.device_id] = None
+        self._holding[fix.device_id] = held[0].ts
         if device.newest is None or ts > device.newest:
             device.newest = ts
         return self._release(fix.device_id, device, device.newest - self._window_us)
@@ -222,10 +223,9 @@ class GeofenceEngine:
         now_us = _micros(now)
         upto = now_us - self._window_us
         events: list[Event] = []
-        for device_id in list(self._holding):
-            device = self._devices[device_id]
-            if device.held[0].ts <= upto:
-                events.extend(self._release(device_id, device, upto))
+        due = [device_id for device_id, first in self._holding.items() if first <= upto]
+        for device_id in due:
+            events.extend(self._release(device_id, self._devices[device_id], upto))
         events.extend(self._fire_timers(now_us))
         return events
 
@@ -289,7 +289,7 @@ class GeofenceEngine:
         engine._devices = snapshot.devices
         for device_id, device in snapshot.devices.items():
             if device.held:
-                engine._holding[device_id] = None
+                engine._holding[device_id] = device.held[0].ts
             for fence_id, state in device.fences.items():
                 if state.inside and state.dwell is _Dwell.PENDING:
                     engine._arm(device_id, fence_id, state)
@@ -308,7 +308,9 @@ class GeofenceEngine:
             return []
         released = held[:count]
         del held[:count]
-        if not held:
+        if held:
+            self._holding[device_id] = held[0].ts
+        else:
             self._holding.pop(device_id, None)
         events: list[Event] = []
         for item in released:

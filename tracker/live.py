@@ -121,8 +121,10 @@ class LiveTracker:
         """Devices silent past the thresholds at wall-clock `now`."""
         changed: list[LiveDevice] = []
         events: list[Event] = []
+        # Most devices were heard from within the shorter threshold: one comparison each.
+        heard_since = now - min(self.rules.offline_after, self.rules.gap_after)
         for device in self.devices.values():
-            if device.status is Status.OFFLINE:
+            if device.received_at > heard_since or device.status is Status.OFFLINE:
                 continue
             silent = now - device.received_at
             if silent >= self.rules.offline_after:
