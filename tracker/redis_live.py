@@ -1,8 +1,14 @@
 """Redis side of the tracker: live device state (a GEO set plus one key per device),
 event and position fan-out, and the epoch that tells whether Redis lost its data.
 
-Writes are coalesced: one pipeline per processed batch, one GEOADD with every moved
-device, because a round trip per fix would cost more than everything else per fix.
+Writes are coalesced: one pipeline per processed batch, because a round trip per fix
+would cost more than everything else per fix. The moved devices' states and GEO members
+go as one msgpack argument to a script that issues the GEOADD and MSET in Redis: packed by
+redis-py, their five arguments per device cost the tracker more than its geofence
+evaluation's exact tests (bench/e2e at 15,000 fixes/s: 12 % of its samples). Per 1,000
+devices the script takes the tracker 1.4 ms of CPU instead of 5.4 ms, and Redis 3.2 ms
+instead of 0.9 ms: the work moves to the server that has room (a Redis core then takes
+~300,000 moved devices/s, far more than the trackers of one deployment produce).
 """
 
 from __future__ import annotations
@@ -38,8 +44,32 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
 end
 return -1
 """
+# KEYS[1]: the GEO set; ARGV[1]: the device key prefix; ARGV[2]: msgpack array of
+# [lon, lat, device id, state JSON]. Commands go in chunks below Lua's unpack() limit.
+_STORE_STATES = """
+local rows = cmsgpack.unpack(ARGV[2])
+local geo, kv = {}, {}
+for _, row in ipairs(rows) do
+    geo[#geo + 1] = row[1]
+    geo[#geo + 1] = row[2]
+    geo[#geo + 1] = row[3]
+    kv[#kv + 1] = ARGV[1] .. row[3]
+    kv[#kv + 1] = row[4]
+    if #geo >= 3000 then
+        redis.call('GEOADD', KEYS[1], unpack(geo))
+        redis.call('MSET', unpack(kv))
+        geo, kv = {}, {}
+    end
+end
+if #geo > 0 then
+    redis.call('GEOADD', KEYS[1], unpack(geo))
+    redis.call('MSET', unpack(kv))
+end
+return #rows
+"""
 
 _json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
 _device = msgspec.json.Decoder(LiveDevice)
 
 
@@ -101,6 +131,7 @@ class RedisLive:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._publish_once = client.register_script(_PUBLISH_ONCE)
+        self._store_states = client.register_script(_STORE_STATES)
 
     async def epoch(self) -> str:
         """This Redis's data generation: it changes only when Redis has lost its data."""
@@ -122,14 +153,19 @@ class RedisLive:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             if latest:
-                geo: list[float | str] = []
-                for device in latest.values():
-                    geo.extend((device.lon, device.lat, device.device_id))
-                pipe.geoadd(LIVE_GEO_KEY, geo)
-                encoded = {k: _json.encode(d) for k, d in latest.items()}
-                pipe.mset({DEVICE_KEY_PREFIX + k: e for k, e in encoded.items()})
+                encoded = [_json.encode(d) for d in latest.values()]
+                # Redis's cmsgpack reads no msgpack bin: the JSON goes as text.
+                rows = [
+                    (d.lon, d.lat, d.device_id, e.decode())
+                    for d, e in zip(latest.values(), encoded, strict=True)
+                ]
+                await self._store_states(
+                    keys=[LIVE_GEO_KEY],
+                    args=[DEVICE_KEY_PREFIX, _msgpack.encode(rows)],
+                    client=pipe,
+                )
                 # The JSON array of those same objects, without encoding them twice.
-                pipe.publish(POSITIONS_CHANNEL, b"[" + b",".join(encoded.values()) + b"]")
+                pipe.publish(POSITIONS_CHANNEL, b"[" + b",".join(encoded) + b"]")
             for event in events:
                 await self._publish_once(
                     keys=[PUBLISHED_KEY_PREFIX + event.id],
