@@ -165,12 +165,13 @@ def cover_cells(
 
 # A fence is registered in the grid level whose square cells are at least as large as its
 # bounding box (so in at most 4 of them); levels grow by GRID_FACTOR from GRID_BASE_DEG.
-# Fences smaller than the base cell all share it: ~400 m, a delivery fence's size, keeps
-# that to a couple per cell at 10,000 fences over a city (bench/e2e's fleet: 1.3 us a
-# segment lookup, against 2.7 us with cells four times wider holding ~25 fences each).
-GRID_BASE_DEG = 1.0 / 256.0
+# Fences smaller than the base cell all share it. Cells four times finer (1/256) halved a
+# lookup among 10,000 tiny fences (bench/e2e's fleet, 50 m segments: 2.8 → 1.4 us) but
+# doubled it on the Porto taxi trips (200 m segments, block-sized fences: one more level
+# to look at and more cells per segment: 1.7 → 3.4 us); real trips decide.
+GRID_BASE_DEG = 1.0 / 64.0
 GRID_FACTOR = 4
-GRID_LEVELS = 11
+GRID_LEVELS = 10
 # A segment's bounding box spanning more grid cells than this is walked along instead.
 _GRID_ENUMERATE_MAX = 16
 _GRID_OFFSET = 1 << 19
