@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -31,6 +31,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqtt import packets
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import _InPacket
 
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
@@ -65,6 +68,20 @@ class Endpoint:
             password=unquote(parts.password) if parts.password else None,
             tls=tls,
         )
+
+
+def _paho_in_packet(command: int, body: bytes) -> _InPacket:
+    """paho's record of the packet being read: `command` 0 is none."""
+    return {
+        "command": command,
+        "have_remaining": 1 if command else 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": len(body),
+        "packet": bytearray(body),
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 class _PausableClient(aiomqtt.Client):
@@ -154,31 +171,13 @@ class _PausableClient(aiomqtt.Client):
     @staticmethod
     def _paho_handles(client: paho.Client, first_byte: int, body: bytes) -> MQTTErrorCode:
         """Any packet but a QoS 0/1 PUBLISH: paho keeps the protocol's state."""
-        client._in_packet = {
-            "command": first_byte,
-            "have_remaining": 1,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": len(body),
-            "packet": bytearray(body),
-            "to_process": 0,
-            "pos": 0,
-        }
+        client._in_packet = _paho_in_packet(first_byte, body)
         try:
             return client._packet_handle()
         except PahoMalformedPacket:
             return paho.MQTT_ERR_PROTOCOL
         finally:
-            client._in_packet = {
-                "command": 0,
-                "have_remaining": 0,
-                "remaining_count": [],
-                "remaining_mult": 1,
-                "remaining_length": 0,
-                "packet": bytearray(),
-                "to_process": 0,
-                "pos": 0,
-            }
+            client._in_packet = _paho_in_packet(0, b"")  # paho's state between packets
 
     def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
         # Only a QoS 2 PUBLISH reaches here (through paho): the subscriptions ask for 1.
